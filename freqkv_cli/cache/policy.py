@@ -1,0 +1,73 @@
+"""Cache policies: which entries a fixed-size window keeps when it fills."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from ..errors import UsageError
+
+POLICIES = ("freqkv", "sink", "full")
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """How the KV cache of every layer behaves when it is full.
+
+    kind:   ``freqkv`` compresses the middle span in the frequency domain;
+            ``sink`` evicts the oldest non-sink entries (StreamingLLM);
+            ``full`` never compresses (the exact reference, memory grows).
+    window: N, the most entries a layer ever holds (ignored by ``full``).
+    sink:   S, leading entries never compressed.
+    recent: R, trailing entries left exact in a compression round.
+    ratio:  r, the share of the compressible span F = N - S - R that is kept:
+            L = floor(F * r). ``sink`` frees the same F - L slots per round, so the
+            two policies run the same chunk schedule and hold the same memory.
+    """
+
+    kind: str = "freqkv"
+    window: int = 4096
+    sink: int = 4
+    recent: int = 0
+    ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, head: int | None = None) -> None:
+        """Raise UsageError unless the settings leave room to compress. ``head``: sinks plus pinned tokens."""
+        if self.kind not in POLICIES:
+            raise UsageError(f"unknown cache policy {self.kind!r}: use one of {', '.join(POLICIES)}")
+        if self.kind == "full":
+            return
+        head = self.sink if head is None else head
+        if self.window < 8:
+            raise UsageError(f"window {self.window} is too small: use at least 8")
+        if self.sink < 0 or self.recent < 0:
+            raise UsageError("sink and recent must be zero or more")
+        if not (0.0 < self.ratio < 1.0) or math.isnan(self.ratio):
+            raise UsageError(f"ratio {self.ratio} must be strictly between 0 and 1")
+        span = self.window - head - self.recent
+        if span < 2:
+            raise UsageError(
+                f"sink/pinned ({head}) + recent ({self.recent}) leave no room to compress "
+                f"in a window of {self.window}: they must sum to at most {self.window - 2}"
+            )
+        if self.kept(head) < 1 or self.kept(head) >= span:
+            raise UsageError(f"ratio {self.ratio} keeps {self.kept(head)} of {span} entries: nothing would be freed")
+
+    def span(self, head: int | None = None) -> int:
+        """F: how many entries one round compresses."""
+        head = self.sink if head is None else head
+        return self.window - head - self.recent
+
+    def kept(self, head: int | None = None) -> int:
+        """L = floor(F * r): what the F entries become."""
+        return int(math.floor(self.span(head) * self.ratio))
+
+    def freed(self, head: int | None = None) -> int:
+        """F - L: the room one round frees, i.e. the prefill chunk after the first."""
+        return self.span(head) - self.kept(head)
+
+    def with_(self, **changes: object) -> CachePolicy:
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,49 @@
+"""Moving rotated keys to new positions with the model's own rotary embedding.
+
+Keys are cached after RoPE. To compress or shift them, undo the rotation at the old
+positions and apply it at the new ones. The model's ``rotary_emb`` module gives cos/sin
+with its inv_freq, rope scaling and attention scaling, so nothing is re-derived here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+class KeyRotation:
+    """Rotate / un-rotate keys of shape ``(batch, heads, seq, head_dim)`` at given positions.
+
+    Works in float32. ``rotary_emb(x, position_ids)`` must return ``cos, sin`` of shape
+    ``(1, seq, head_dim)``, scaled by the module's ``attention_scaling`` (as Llama, Mistral,
+    Qwen2 and Qwen3 do).
+    """
+
+    def __init__(self, rotary_emb: nn.Module) -> None:
+        self.rotary_emb = rotary_emb
+        self.scaling = float(getattr(rotary_emb, "attention_scaling", 1.0))
+
+    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probe = torch.empty(0, dtype=torch.float32, device=positions.device)
+        cos, sin = self.rotary_emb(probe, positions[None, :])
+        return cos[:, None].float(), sin[:, None].float()  # (1, 1, seq, head_dim)
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        cos, sin = self._cos_sin(positions)
+        return x * cos + _rotate_half(x) * sin
+
+    def unrotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # cos/sin carry the scaling s, so rotate(x) = s * R(p) x and its inverse is R(-p) x / s.
+        cos, sin = self._cos_sin(positions)
+        return (x * cos - _rotate_half(x) * sin) / (self.scaling * self.scaling)
+
+    def shift(self, x: torch.Tensor, old_start: int, new_start: int) -> torch.Tensor:
+        """Move keys from positions ``old_start + i`` to ``new_start + i``."""
+        seq = x.shape[-2]
+        old = torch.arange(old_start, old_start + seq, device=x.device)
+        return self.rotate(self.unrotate(x, old), old - (old_start - new_start))

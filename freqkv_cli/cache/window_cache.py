@@ -1,0 +1,225 @@
+"""A transformers ``Cache`` with a fixed window that compresses (or evicts) when full.
+
+Every layer preallocates ``window`` slots, so appending a token writes one slot and
+never copies the cache (a CUDA graph can capture that). Entry ``i`` of every layer has
+RoPE position ``i``: the model derives query positions from ``get_seq_length()``, and
+compression re-rotates the keys it rewrites, so slot index and position never drift.
+
+Compression happens between forward calls (``compress()``, driven by the engine when the
+window is full), never inside one: within a forward pass the cache only grows, so the
+stock causal masks and attention kernels stay exact.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .dct import lowpass
+from .policy import CachePolicy
+from .rotary import KeyRotation
+
+
+@dataclass
+class CacheStats:
+    """What the cache holds, summed over layers where it is a size."""
+
+    tokens_seen: int  # tokens appended since the last reset
+    entries: int  # entries one layer holds now (<= window for freqkv/sink)
+    compressions: int  # compression (or eviction) rounds done
+    kv_bytes: int  # bytes of the entries held, all layers, keys + values
+    kv_reserved_bytes: int  # bytes of the preallocated buffers, all layers
+    full_kv_bytes: int  # bytes a full cache would hold for tokens_seen
+    compress_seconds: float  # wall time spent compressing
+
+
+class WindowLayer(CacheLayerMixin):
+    """One layer's keys and values in preallocated buffers ``(batch, kv_heads, capacity, head_dim)``."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, capacity: int | None) -> None:
+        super().__init__()
+        self.capacity = capacity  # None: grows by doubling (the full policy)
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, seq, _ = key_states.shape
+        slots = self.capacity if self.capacity is not None else max(256, seq)
+        self.keys = key_states.new_empty((batch, heads, slots, key_states.shape[-1]))
+        self.values = value_states.new_empty((batch, heads, slots, value_states.shape[-1]))
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def _grow(self, needed: int) -> None:
+        slots = self.keys.shape[-2]
+        while slots < needed:
+            slots *= 2
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_empty((*old.shape[:2], slots, old.shape[-1]))
+            new[:, :, : self.length] = old[:, :, : self.length]
+            setattr(self, name, new)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        seq = key_states.shape[-2]
+        end = self.length + seq
+        if end > self.keys.shape[-2]:
+            if self.capacity is not None:
+                raise RuntimeError(f"window overflow: {end} > {self.capacity}; the engine must compress first")
+            self._grow(end)
+        self.keys[:, :, self.length : end] = key_states
+        self.values[:, :, self.length : end] = value_states
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_mask_sizes(self, query_length: int | torch.Tensor, *args: object, **kwargs: object) -> tuple[int, int]:
+        if isinstance(query_length, torch.Tensor):  # older transformers pass cache_position
+            query_length = query_length.shape[0]
+        return self.length + int(query_length), 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1 if self.capacity is None else self.capacity
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def held_bytes(self) -> int:
+        if not self.is_initialized:
+            return 0
+        per_entry = self.keys[:, :, :1].nbytes + self.values[:, :, :1].nbytes
+        return per_entry * self.length
+
+    def reserved_bytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes if self.is_initialized else 0
+
+
+class WindowedCache(Cache):
+    """The KV cache of a whole model under one :class:`CachePolicy`.
+
+    ``rotary_emb`` is the model's rotary embedding module (``model.model.rotary_emb``).
+    ``lowpass_method``: ``"auto"``, ``"fft"`` or ``"matrix"`` (see :mod:`.dct`).
+    """
+
+    def __init__(
+        self,
+        policy: CachePolicy,
+        num_layers: int,
+        rotary_emb: nn.Module,
+        lowpass_method: str = "auto",
+    ) -> None:
+        capacity = None if policy.kind == "full" else policy.window
+        super().__init__(layers=[WindowLayer(capacity) for _ in range(num_layers)])
+        self.policy = policy
+        self.rotation = KeyRotation(rotary_emb)
+        self.lowpass_method = lowpass_method
+        self.pinned = 0
+        self.tokens_seen = 0
+        self.compressions = 0
+        self.compress_seconds = 0.0
+
+    # -- what the engine asks -------------------------------------------------------
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+    @property
+    def head(self) -> int:
+        """Leading entries never compressed: the sinks, or the pinned prefix if longer."""
+        return max(self.policy.sink, self.pinned)
+
+    def room(self) -> int | None:
+        """Tokens that can be appended before the next compression (None: unbounded)."""
+        if self.policy.kind == "full":
+            return None
+        return self.policy.window - self.length
+
+    def pin(self, count: int) -> None:
+        """Keep the first ``count`` entries exact in every later round (e.g. a question)."""
+        self.policy.validate(head=max(self.policy.sink, count))
+        self.pinned = count
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer_idx == 0:
+            self.tokens_seen += key_states.shape[-2]
+        return self.layers[layer_idx].update(key_states, value_states)
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset()
+        self.pinned = 0
+        self.tokens_seen = 0
+        self.compressions = 0
+        self.compress_seconds = 0.0
+
+    # -- compression ------------------------------------------------------------------
+    @torch.inference_mode()
+    def compress(self) -> None:
+        """One round on every layer: the window must be full."""
+        if self.policy.kind == "full":
+            raise RuntimeError("the full policy never compresses")
+        if self.length != self.policy.window:
+            raise RuntimeError(f"compress() needs a full window ({self.length} of {self.policy.window} held)")
+        started = time.perf_counter()
+        head, recent = self.head, self.policy.recent
+        span, kept = self.policy.span(head), self.policy.kept(head)
+        device = self.layers[0].keys.device
+        if self.policy.kind == "freqkv":
+            old_pos = torch.arange(head, head + span, device=device)
+            new_pos = torch.arange(head, head + kept, device=device)
+        for layer in self.layers:
+            keys, values = layer.keys, layer.values
+            tail_keys = keys[:, :, head + span : self.policy.window]
+            tail_values = values[:, :, head + span : self.policy.window]
+            if self.policy.kind == "freqkv":
+                # Keys: back to pre-RoPE, low-pass, rotate to their new slots; values: low-pass only.
+                raw = self.rotation.unrotate(keys[:, :, head : head + span].float(), old_pos)
+                new_keys = self.rotation.rotate(lowpass(raw, kept, dim=-2, method=self.lowpass_method), new_pos)
+                new_values = lowpass(values[:, :, head : head + span].float(), kept, -2, self.lowpass_method)
+                moved_keys = self.rotation.shift(tail_keys.float(), head + span, head + kept)
+                moved_values = tail_values.clone()
+                keys[:, :, head : head + kept] = new_keys.to(keys.dtype)
+                values[:, :, head : head + kept] = new_values.to(values.dtype)
+                keys[:, :, head + kept : head + kept + recent] = moved_keys.to(keys.dtype)
+                values[:, :, head + kept : head + kept + recent] = moved_values
+            else:  # sink: drop the oldest span - kept entries after the head, shift the rest down
+                dropped = span - kept
+                rest_keys = keys[:, :, head + dropped : self.policy.window].float()
+                moved_keys = self.rotation.shift(rest_keys, head + dropped, head)
+                moved_values = values[:, :, head + dropped : self.policy.window].clone()
+                keys[:, :, head : head + kept + recent] = moved_keys.to(keys.dtype)
+                values[:, :, head : head + kept + recent] = moved_values
+            layer.length = head + kept + recent
+        self.compressions += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.compress_seconds += time.perf_counter() - started
+
+    # -- readouts -----------------------------------------------------------------------
+    def stats(self) -> CacheStats:
+        layers = [layer for layer in self.layers if layer.is_initialized]
+        held = sum(layer.held_bytes() for layer in layers)
+        per_token = held / self.length if self.length else 0
+        return CacheStats(
+            tokens_seen=self.tokens_seen,
+            entries=self.length,
+            compressions=self.compressions,
+            kv_bytes=held,
+            kv_reserved_bytes=sum(layer.reserved_bytes() for layer in layers),
+            full_kv_bytes=int(per_token * self.tokens_seen),
+            compress_seconds=self.compress_seconds,
+        )

@@ -1,0 +1,263 @@
+"""The streaming engine: feed any number of tokens through a fixed window, then decode.
+
+Prefill follows the FreqKV schedule: tokens are appended until the window is full, the
+cache is compressed, and the next ``F - L`` tokens go in; each forward call sees the
+whole current cache with causal attention inside the chunk. ``max_chunk`` only splits a
+forward call where no compression happens in between, so it changes memory, not results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from ..cache.policy import CachePolicy
+from ..cache.window_cache import CacheStats, WindowedCache
+from .sampling import Sampler
+
+ProgressCallback = Callable[[int], None]  # called with the number of tokens just consumed
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]
+    text: str
+    stop_reason: str  # "eos", "stop_string", "max_new_tokens", "interrupted"
+
+
+@dataclass
+class StreamingEngine:
+    """Streams token ids through ``model`` with a :class:`WindowedCache` (batch size 1).
+
+    ``model``: a Llama/Mistral/Qwen2/Qwen3 causal LM (has ``.model`` and ``.lm_head``).
+    ``tokenizer``: used only to decode generated text (stop strings, streaming callbacks).
+    """
+
+    model: PreTrainedModel
+    policy: CachePolicy
+    tokenizer: object | None = None
+    max_chunk: int = 2048
+    lowpass_method: str = "auto"
+    cache: WindowedCache = field(init=False)
+    _last_hidden: torch.Tensor | None = field(init=False, default=None)
+    _pending: list[int] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.max_chunk < 1:
+            raise ValueError("max_chunk must be positive")
+        self.reset()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset(self) -> None:
+        """Forget everything: a new, empty cache."""
+        self.cache = WindowedCache(
+            self.policy,
+            self.model.config.num_hidden_layers,
+            self.model.model.rotary_emb,
+            lowpass_method=self.lowpass_method,
+        )
+        self._last_hidden = None
+        self._pending = []
+
+    def stats(self) -> CacheStats:
+        return self.cache.stats()
+
+    # -- prefill -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward(self, ids: Sequence[int]) -> torch.Tensor:
+        """One forward call that appends ``ids`` to the cache; returns hidden states (1, T, D)."""
+        start = self.cache.length
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, start + len(ids), device=self.device)[None]
+        out = self.model.model(
+            input_ids=input_ids, position_ids=positions, past_key_values=self.cache, use_cache=True
+        )
+        return out.last_hidden_state
+
+    def _feed_hidden(self, ids: Sequence[int]) -> Iterable[tuple[Sequence[int], torch.Tensor]]:
+        """Append ``ids`` with compression as the window fills; yields (chunk, hidden) per forward."""
+        ids = list(ids)
+        pos = 0
+        while pos < len(ids):
+            room = self.cache.room()
+            if room == 0:
+                self.cache.compress()
+                room = self.cache.room()
+            size = min(len(ids) - pos, self.max_chunk, room if room is not None else len(ids))
+            chunk = ids[pos : pos + size]
+            hidden = self._forward(chunk)
+            pos += size
+            yield chunk, hidden
+
+    def feed(
+        self,
+        token_ids: Iterable[int] | Iterable[Sequence[int]],
+        *,
+        pin: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> torch.Tensor | None:
+        """Append tokens (ints, or an iterable of int lists for streaming). Returns the last logits.
+
+        ``pin=True`` keeps these tokens exact through every later compression (e.g. a
+        question placed before a document); only valid while everything before is pinned.
+        A book need not be tokenized up front: pass a generator of token lists.
+        """
+        if pin and self.cache.length != self.cache.pinned:
+            raise ValueError("pin=True only for a prefix: everything fed before must be pinned too")
+        buffer: list[int] = self._pending
+        self._pending = []
+        total = 0
+        for piece in _as_pieces(token_ids):
+            buffer.extend(piece)
+            if pin:
+                continue
+            # Forward whole chunks as soon as they are available; keep a remainder for later pieces.
+            while len(buffer) >= self._next_chunk_size():
+                size = self._next_chunk_size()
+                total += self._consume(buffer[:size], on_progress)
+                del buffer[:size]
+        if pin:
+            self.policy.validate(head=max(self.policy.sink, self.cache.length + len(buffer)))
+        if buffer:
+            total += self._consume(buffer, on_progress)
+        if pin:
+            self.cache.pin(self.cache.length)
+        if self._last_hidden is None:
+            return None
+        return self.logits(self._last_hidden)
+
+    def _next_chunk_size(self) -> int:
+        room = self.cache.room()
+        if room == 0:
+            room = self.policy.freed(self.cache.head)
+        return min(self.max_chunk, room) if room is not None else self.max_chunk
+
+    def _consume(self, ids: Sequence[int], on_progress: ProgressCallback | None) -> int:
+        for chunk, hidden in self._feed_hidden(ids):
+            self._last_hidden = hidden[:, -1]
+            if on_progress is not None:
+                on_progress(len(chunk))
+        return len(ids)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (float32) for hidden states ``(..., D)``."""
+        return self.model.lm_head(hidden).float()
+
+    @torch.inference_mode()
+    def score(
+        self, token_ids: Sequence[int], *, on_progress: ProgressCallback | None = None, block: int = 512
+    ) -> torch.Tensor:
+        """Negative log-likelihood of every token after the first, streamed (float32, ``len - 1``).
+
+        Token ``t`` is predicted by the model that has streamed tokens ``0 .. t-1`` through
+        the cache policy: the perplexity the paper reports for long texts.
+        """
+        nll: list[torch.Tensor] = []
+        ids = list(token_ids)
+        previous = self._last_hidden
+        offset = 0
+        for chunk, hidden in self._feed_hidden(ids):
+            # Predictions for this chunk's tokens: the last hidden before it, then its own.
+            inputs = hidden[0] if previous is None else torch.cat([previous, hidden[0]], dim=0)
+            targets = torch.tensor(chunk if previous is not None else chunk[1:], device=self.device)
+            inputs = inputs[: len(targets)]
+            for start in range(0, len(targets), block):
+                logp = torch.log_softmax(self.logits(inputs[start : start + block]), dim=-1)
+                target = targets[start : start + block]
+                nll.append(-logp.gather(-1, target[:, None])[:, 0])
+            previous = hidden[0, -1:]
+            offset += len(chunk)
+            if on_progress is not None:
+                on_progress(len(chunk))
+        self._last_hidden = previous
+        return torch.cat(nll) if nll else torch.empty(0)
+
+    # -- decode --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        max_new_tokens: int = 256,
+        sampler: Sampler | None = None,
+        *,
+        stop_token_ids: Iterable[int] = (),
+        stop_strings: Sequence[str] = (),
+        on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """Decode after :meth:`feed`. Generated tokens stay in the cache (a chat goes on).
+
+        ``on_text`` gets each new piece of decoded text as soon as it is complete UTF-8.
+        ``should_stop`` is polled between tokens (e.g. Ctrl-C sets a flag).
+        """
+        if self._last_hidden is None:
+            raise ValueError("feed() something before generate()")
+        sampler = sampler or Sampler()
+        stops = set(stop_token_ids)
+        generated: list[int] = []
+        emitted = ""
+        reason = "max_new_tokens"
+        logits = self.logits(self._last_hidden)[0]
+        for _ in range(max_new_tokens):
+            if should_stop is not None and should_stop():
+                reason = "interrupted"
+                break
+            token = sampler(logits)
+            generated.append(token)
+            if token in stops:
+                self._pending = [token]  # the end-of-turn token belongs to the history
+                reason = "eos"
+                generated.pop()
+                break
+            text = self._decode(generated)
+            if stop_strings and any(s in text for s in stop_strings):
+                cut = min(text.index(s) for s in stop_strings if s in text)
+                text = text[:cut]
+                if on_text is not None and len(text) > len(emitted):
+                    on_text(text[len(emitted) :])
+                emitted = text
+                reason = "stop_string"
+                self._pending = [token]
+                break
+            if on_text is not None and not text.endswith("\ufffd") and len(text) > len(emitted):
+                on_text(text[len(emitted) :])
+                emitted = text
+            for _chunk, hidden in self._feed_hidden([token]):
+                self._last_hidden = hidden[:, -1]
+            logits = self.logits(self._last_hidden)[0]
+        text = self._decode(generated) if reason != "stop_string" else emitted
+        if on_text is not None and len(text) > len(emitted) and reason != "stop_string":
+            on_text(text[len(emitted) :])
+        return GenerationResult(token_ids=generated, text=text, stop_reason=reason)
+
+    def _decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[attr-defined]
+
+
+def _as_pieces(token_ids: Iterable[int] | Iterable[Sequence[int]]) -> Iterable[Sequence[int]]:
+    """Accept a flat id sequence/tensor or an iterable of id lists."""
+    if isinstance(token_ids, torch.Tensor):
+        yield token_ids.reshape(-1).tolist()
+        return
+    flat: list[int] = []
+    for item in token_ids:
+        if isinstance(item, int):
+            flat.append(item)
+            if len(flat) >= 4096:
+                yield flat
+                flat = []
+        else:
+            if flat:
+                yield flat
+                flat = []
+            yield list(item)
+    if flat:
+        yield flat

@@ -1,0 +1,1 @@
+"""Model loading: the embedded default, HF folders, GGUF files and LoRA adapters."""

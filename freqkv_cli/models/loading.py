@@ -1,0 +1,176 @@
+"""Load a model + tokenizer + the FreqKV settings it was tuned with, from what the user names.
+
+Accepted: ``default`` (the embedded SmolLM2-135M-Instruct), a Hugging Face model folder,
+a ``.gguf`` file, or a PEFT LoRA adapter folder (the FreqKV reference training output
+included: adapter + ``trainable_params.bin``), merged on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ..errors import ModelError
+from .default import DEFAULT_MODEL_NAME, default_gguf_path, freqkv_home
+from .devices import resolve_device, resolve_dtype
+from .settings import TunedSettings, read_settings
+
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: object
+    name: str  # what to show the user
+    family: str  # config.model_type
+    settings: TunedSettings | None  # from freqkv.json beside the checkpoint, if any
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def native_window(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+
+
+def check_family(config: object, source: str) -> str:
+    family = getattr(config, "model_type", None) or "unknown"
+    if family not in SUPPORTED_FAMILIES:
+        raise ModelError(
+            f"{source}: model family '{family}' is not supported; supported: {', '.join(SUPPORTED_FAMILIES)}"
+        )
+    return family
+
+
+def load_model(
+    spec: str = "default",
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    base: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load what ``spec`` names onto ``device`` in ``dtype`` (``auto``: bf16 on CUDA, fp32 otherwise)."""
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    common = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if spec == "default":
+        folder = ensure_default_converted()
+        return _load_folder(folder, DEFAULT_MODEL_NAME, target, common)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelError(f"model '{spec}' not found: give 'default', a model folder, a .gguf file or an adapter folder")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelError(f"'{spec}' is a file but not a .gguf model; a Hugging Face model is a folder")
+        return _load_gguf(path, target, common)
+    if (path / "adapter_config.json").is_file():
+        return _load_adapter(path, base, target, common)
+    if (path / "config.json").is_file():
+        return _load_folder(path, str(path), target, common)
+    raise ModelError(
+        f"'{spec}' is not a model folder: expected config.json (Hugging Face) or adapter_config.json (LoRA adapter)"
+    )
+
+
+def _finish(model: PreTrainedModel, target: torch.device) -> PreTrainedModel:
+    model.eval()
+    model.requires_grad_(False)
+    return model.to(target)
+
+
+def _load_folder(folder: Path, name: str, target: torch.device, common: dict) -> LoadedModel:
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=common["trust_remote_code"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"'{folder}': config.json cannot be read: {_one_line(exc)}") from None
+    family = check_family(config, str(folder))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=common["trust_remote_code"])
+        model = AutoModelForCausalLM.from_pretrained(folder, **common)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"'{folder}' could not be loaded: {_one_line(exc)}") from None
+    return LoadedModel(_finish(model, target), tokenizer, name, family, read_settings(folder))
+
+
+def _load_gguf(path: Path, target: torch.device, common: dict) -> LoadedModel:
+    folder, file = path.parent, path.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=file)
+        family = check_family(config, str(path))
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, **common)
+    except ModelError:
+        raise
+    except ImportError as exc:
+        raise ModelError(f"reading GGUF files needs the 'gguf' package (pip install gguf): {_one_line(exc)}") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"'{path}' could not be loaded as GGUF: {_one_line(exc)}") from None
+    _forget_gguf_quantizer(model)
+    return LoadedModel(_finish(model, target), tokenizer, str(path), family, read_settings(folder))
+
+
+def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
+    """transformers de-quantizes GGUF weights on load; drop the marker so the model can be saved."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+
+def ensure_default_converted() -> Path:
+    """Convert the embedded GGUF once into a safetensors folder (GGUF load ~50 s, folder ~2 s)."""
+    folder = freqkv_home() / "models" / DEFAULT_MODEL_NAME
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    gguf = default_gguf_path()
+    loaded = _load_gguf(gguf, torch.device("cpu"), {"dtype": torch.float32, "trust_remote_code": False})
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename: an interrupted conversion never leaves half a folder.
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    try:
+        loaded.model.save_pretrained(staging)
+        loaded.tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _load_adapter(path: Path, base: str | None, target: torch.device, common: dict) -> LoadedModel:
+    from .adapter import merge_adapter  # peft is only needed for adapters
+
+    adapter_config = json.loads((path / "adapter_config.json").read_text())
+    base_spec = base or adapter_config.get("base_model_name_or_path")
+    settings = read_settings(path)
+    if not base_spec and settings is not None:
+        base_spec = settings.base_model
+    if not base_spec:
+        raise ModelError(f"adapter '{path}' does not name its base model: pass --base MODEL")
+    if base_spec != "default" and not Path(base_spec).expanduser().exists():
+        raise ModelError(f"adapter '{path}' needs base model '{base_spec}', not found here: pass --base MODEL")
+    # Merge on the CPU in float32, then move: merging in bf16 would round twice.
+    loaded = load_model(base_spec, device="cpu", dtype="float32", trust_remote_code=common["trust_remote_code"])
+    model = merge_adapter(loaded.model, path, settings)
+    model = model.to(common["dtype"])
+    return LoadedModel(_finish(model, target), loaded.tokenizer, str(path), loaded.family, settings)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

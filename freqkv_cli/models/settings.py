@@ -1,0 +1,66 @@
+"""`freqkv.json`: the FreqKV settings a checkpoint was tuned with, used as defaults."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+
+SETTINGS_FILE = "freqkv.json"
+
+
+@dataclass
+class TunedSettings:
+    window: int | None = None
+    sink: int | None = None
+    recent: int | None = None
+    ratio: float | None = None
+    seq_len: int | None = None
+    base_model: str | None = None
+    base_fingerprint: str | None = None
+    extra: dict = field(default_factory=dict)  # anything else recorded (data sources, steps, ...)
+
+    def write(self, folder: Path) -> None:
+        data = {k: v for k, v in asdict(self).items() if k != "extra" and v is not None}
+        data.update(self.extra)
+        (folder / SETTINGS_FILE).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_settings(folder: Path) -> TunedSettings | None:
+    path = Path(folder) / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"'{path}' is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"'{path}' must hold a JSON object")
+    known = {"window": int, "sink": int, "recent": int, "ratio": float, "seq_len": int}
+    values: dict = {}
+    for key, kind in known.items():
+        if key in data and data[key] is not None:
+            if not isinstance(data[key], (int, float)) or isinstance(data[key], bool):
+                raise ModelError(f"'{path}': '{key}' must be a number")
+            values[key] = kind(data[key])
+    for key in ("base_model", "base_fingerprint"):
+        if key in data:
+            values[key] = str(data[key])
+    extra = {k: v for k, v in data.items() if k not in known and k not in ("base_model", "base_fingerprint")}
+    return TunedSettings(**values, extra=extra)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the input embedding and first layer's weights: tells one base model from another."""
+    hasher = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if "embed_tokens" in name or ".layers.0." in name:
+            sample = tensor.detach().reshape(-1)[:65536].to(torch.float32).cpu()
+            hasher.update(name.encode())
+            hasher.update(sample.numpy().tobytes())
+    return hasher.hexdigest()[:16]

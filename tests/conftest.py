@@ -1,0 +1,58 @@
+"""Tiny random models of every supported family, built in the test (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+_CLASSES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+}
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **overrides: object) -> torch.nn.Module:
+    """2 layers, 4 query heads sharing 2 KV heads (GQA), head_dim 16, float32, eval mode."""
+    config_cls, model_cls = _CLASSES[family]
+    kwargs: dict = dict(
+        vocab_size=211,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
+    if family in ("qwen3",):
+        kwargs["head_dim"] = 16
+    if family in ("mistral", "qwen2", "qwen3"):
+        kwargs["sliding_window"] = None
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**kwargs))
+    # Random init is small; larger weights make attention sharp, so errors cannot hide.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "proj" in name:
+                param.mul_(4.0)
+    return model.eval()
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
