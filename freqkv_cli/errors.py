@@ -43,3 +43,15 @@ class OutOfMemoryError(FreqKVError):
     """The device ran out of memory; the message suggests a smaller window."""
 
     exit_code = EXIT_OUT_OF_MEMORY
+
+
+class Interrupted(FreqKVError):
+    """The user pressed Ctrl-C; what was already written stays written."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class ContextLimitError(FreqKVError):
+    """The session already holds --ctx tokens."""
+
+    exit_code = EXIT_INPUT

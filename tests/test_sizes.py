@@ -32,7 +32,25 @@ def test_parse_size_accepts(text: str, expected: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["32q", "", "   ", "-3", "0", "0k", "0.0001k", "1.5", "k", "1e3", "1kk", "32kb", "inf", "nan", "+5", "1,024", "0x10"],
+    [
+        "32q",
+        "",
+        "   ",
+        "-3",
+        "0",
+        "0k",
+        "0.0001k",
+        "1.5",
+        "k",
+        "1e3",
+        "1kk",
+        "32kb",
+        "inf",
+        "nan",
+        "+5",
+        "1,024",
+        "0x10",
+    ],
 )
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(UsageError) as excinfo:
@@ -62,7 +80,9 @@ def test_format_bytes(n: int, expected: str) -> None:
     assert format_bytes(n) == expected
 
 
-@pytest.mark.parametrize(("n", "expected"), [(0, "0"), (999, "999"), (32768, "32,768"), (1048576, "1,048,576")])
+@pytest.mark.parametrize(
+    ("n", "expected"), [(0, "0"), (999, "999"), (32768, "32,768"), (1048576, "1,048,576")]
+)
 def test_format_count(n: int, expected: str) -> None:
     assert format_count(n) == expected
 

@@ -12,9 +12,10 @@ from typing import BinaryIO
 
 from freqkv_cli.documents.document import Document, Page
 from freqkv_cli.documents.pages import parse_page_range
-from freqkv_cli.documents.pdf import is_pdf, open_pdf
+from freqkv_cli.documents.pdf import open_pdf
+from freqkv_cli.documents.sniff import is_pdf
 from freqkv_cli.documents.text import STDIN_NAME, TextSource, decode_text, read_input
-from freqkv_cli.errors import InputError, UsageError
+from freqkv_cli.errors import UsageError
 
 __all__ = ["STDIN_NAME", "Document", "Page", "open_document", "parse_page_range"]
 
@@ -35,14 +36,14 @@ def open_document(
     name, data = read_input(path, stdin)
     if is_pdf(data):
         return open_pdf(name, data, password=password, pages=pages)
-    if name.lower().endswith(".pdf"):
-        raise InputError(
-            f"{name}: named .pdf but is not a PDF (no %PDF- header); check the file, "
-            "it may be an error page saved by a download"
-        )
     text, encoding, warnings = decode_text(name, data)
     if pages is not None:
         raise UsageError(f"{name}: --pages applies only to PDFs, and this is a text document; drop --pages")
     return Document(
-        name=name, kind="text", page_count=None, warnings=warnings, encoding=encoding, _source=TextSource(text)
+        name=name,
+        kind="text",
+        page_count=None,
+        warnings=warnings,
+        encoding=encoding,
+        _source=TextSource(text),
     )

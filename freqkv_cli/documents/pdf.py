@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from freqkv_cli.documents.document import Document, Page
 from freqkv_cli.documents.pages import parse_page_range
-from freqkv_cli.documents.text import one_line
+from freqkv_cli.documents.sniff import one_line
 from freqkv_cli.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-# The header may follow up to 1 KiB of junk (mail or HTTP leftovers); readers accept that.
-_HEADER_WINDOW = 1024
 _PROBE_FIRST = 3  # pages tried up front: enough to get past a cover or a blank title page
 _PROBE_SPREAD = 5  # further pages, spread over the selection, tried before calling a PDF image-only
 _REASON_CHARS = 120
@@ -34,11 +32,6 @@ _OCR_HINT = "run OCR first, e.g. ocrmypdf in.pdf out.pdf, and pass out.pdf"
 
 _OBJECT_RE = re.compile(rb"(\d+)\s+(\d+)\s+obj\b")
 _PAGE_TYPE_RE = re.compile(rb"/Type\s*/Page(?![A-Za-z0-9])")  # a /Page, not the /Pages tree
-
-
-def is_pdf(data: bytes) -> bool:
-    """True when ``data`` carries a ``%PDF-`` header (what readers go by, whatever the file name)."""
-    return b"%PDF-" in data[:_HEADER_WINDOW]
 
 
 class _ListHandler(logging.Handler):
@@ -91,16 +84,20 @@ def open_pdf(name: str, data: bytes, *, password: str | None, pages: str | None)
         # A broken page tree with intact page objects: rebuild the page list from those.
         rebuilt = _salvage(data)
         if rebuilt is not None:
-            reader, salvaged = _read(rebuilt), True
-            total = _page_total(reader)
+            try:
+                reader, salvaged = _read(rebuilt), True
+            except Exception:
+                pass  # keep the original reader and its verdict
+            else:
+                total = _page_total(reader)
     if total is None:
         raise InputError(f"{name}: damaged PDF, its page list cannot be read; {_REPAIR_HINT}")
     if total == 0:
         raise InputError(f"{name}: the PDF has no pages; check that it is the right file")
     if salvaged:
         warnings.append(
-            f"damaged PDF (cut short, or its cross-reference table is missing): rebuilt the page list "
-            f"from the {total} page objects found; the page order may differ"
+            "damaged PDF (cut short, or its page tree or cross-reference table is broken): "
+            f"rebuilt the page list from the {total} page objects found; the page order may differ"
         )
     if pages is None:
         numbers = list(range(1, total + 1))
@@ -141,15 +138,21 @@ def _open_reader(name: str, data: bytes, warnings: list[str]) -> tuple[PdfReader
                 return _read(rebuilt), True
             except Exception:
                 pass  # report the original problem, it says more than the rebuilt file's
-        raise InputError(f"{name}: damaged PDF that cannot be repaired ({_reason(exc)}); {_REPAIR_HINT}") from None
+        raise InputError(
+            f"{name}: damaged PDF that cannot be repaired ({_reason(exc)}); {_REPAIR_HINT}"
+        ) from None
     if messages:
         more = f"; {len(messages) - 1} more" if len(messages) > 1 else ""
-        warnings.append(f"damaged PDF structure, repaired on loading ({_reason(Exception(messages[0]))}{more})")
+        warnings.append(
+            f"damaged PDF structure, repaired on loading ({_reason(Exception(messages[0]))}{more})"
+        )
     return reader, False
 
 
 def _dependency_error(name: str, exc: Exception) -> InputError:
-    return InputError(f"{name}: this PDF's encryption needs a missing package ({_reason(exc)}); pip install cryptography")
+    return InputError(
+        f"{name}: this PDF's encryption needs a missing package ({_reason(exc)}); pip install cryptography"
+    )
 
 
 def _decrypt(name: str, reader: PdfReader, password: str | None) -> None:
@@ -178,7 +181,9 @@ def _decrypt(name: str, reader: PdfReader, password: str | None) -> None:
         raise InputError(f"{name}: damaged PDF encryption data ({_reason(exc)}); {_REPAIR_HINT}") from None
     if password:
         raise InputError(f"{name}: wrong PDF password; check the value of --password or FREQKV_PDF_PASSWORD")
-    raise InputError(f"{name}: the PDF is encrypted; pass its password with --password or FREQKV_PDF_PASSWORD")
+    raise InputError(
+        f"{name}: the PDF is encrypted; pass its password with --password or FREQKV_PDF_PASSWORD"
+    )
 
 
 def _page_total(reader: PdfReader) -> int | None:

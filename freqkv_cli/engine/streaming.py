@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 
 from ..cache.policy import CachePolicy
 from ..cache.window_cache import CacheStats, WindowedCache
+from ..errors import Interrupted
 from .sampling import Sampler
 
 ProgressCallback = Callable[[int], None]  # called with the number of tokens just consumed
@@ -44,6 +45,7 @@ class StreamingEngine:
     cache: WindowedCache = field(init=False)
     _last_hidden: torch.Tensor | None = field(init=False, default=None)
     _pending: list[int] = field(init=False, default_factory=list)
+    _should_stop: Callable[[], bool] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.max_chunk < 1:
@@ -101,13 +103,17 @@ class StreamingEngine:
         *,
         pin: bool = False,
         on_progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> torch.Tensor | None:
         """Append tokens (ints, or an iterable of int lists for streaming). Returns the last logits.
 
         ``pin=True`` keeps these tokens exact through every later compression (e.g. a
         question placed before a document); only valid while everything before is pinned.
         A book need not be tokenized up front: pass a generator of token lists.
+        ``should_stop`` is polled between forward calls; when it returns True, feeding
+        stops with :class:`Interrupted` (the cache keeps what was read, consistently).
         """
+        self._should_stop = should_stop
         if pin and self.cache.length != self.cache.pinned:
             raise ValueError("pin=True only for a prefix: everything fed before must be pinned too")
         buffer: list[int] = self._pending
@@ -140,6 +146,9 @@ class StreamingEngine:
 
     def _consume(self, ids: Sequence[int], on_progress: ProgressCallback | None) -> int:
         for chunk, hidden in self._feed_hidden(ids):
+            if self._should_stop is not None and self._should_stop():
+                self._last_hidden = hidden[:, -1]
+                raise Interrupted(f"interrupted after {self.cache.tokens_seen} tokens")
             self._last_hidden = hidden[:, -1]
             if on_progress is not None:
                 on_progress(len(chunk))

@@ -19,9 +19,15 @@ BOTCHAN = HERE.parent.parent / "samples" / "botchan.txt"
 
 LINES_PER_PAGE = 48
 # Text documents in several encodings; tests compare the decoded text with these.
-LATIN1_TEXT = "Le café était plein ; l'élève naïf commanda une crème brûlée.\nÆrøskøbing, 1½ pints, £5, «déjà vu».\n"
-CP1252_TEXT = "\u201cCurly quotes\u201d \u2014 an em dash, \u20ac5 and \u2018single\u2019 ones.\nSecond line.\n"
-UNICODE_TEXT = "Botchan \u2014 \u574a\u3063\u3061\u3083\u3093 (1906), na\u00efve caf\u00e9 \u2713\nSecond line.\n"
+LATIN1_TEXT = (
+    "Le café était plein ; l'élève naïf commanda une crème brûlée.\nÆrøskøbing, 1½ pints, £5, «déjà vu».\n"
+)
+CP1252_TEXT = (
+    "\u201cCurly quotes\u201d \u2014 an em dash, \u20ac5 and \u2018single\u2019 ones.\nSecond line.\n"
+)
+UNICODE_TEXT = (
+    "Botchan \u2014 \u574a\u3063\u3061\u3083\u3093 (1906), na\u00efve caf\u00e9 \u2713\nSecond line.\n"
+)
 
 
 def botchan_lines(first: int, count: int) -> list[str]:
@@ -129,7 +135,9 @@ def synthetic_files() -> dict[str, bytes]:
         "utf16-be-bom.txt": b"\xfe\xff" + UNICODE_TEXT.encode("utf-16-be"),
         "utf16-le-no-bom.txt": LATIN1_TEXT.encode("utf-16-le"),
         "binary.bin": noise.randbytes(2048),
-        "control-chars.txt": bytes(noise.choice(b"\x01\x02\x03\x04\x05\x06\x0e\x0fabcd") for _ in range(1024)),
+        "control-chars.txt": bytes(
+            noise.choice(b"\x01\x02\x03\x04\x05\x06\x0e\x0fabcd") for _ in range(1024)
+        ),
         "fake.docx": zipped.getvalue(),
         "empty.txt": b"",
         "whitespace-only.txt": b"  \n\t\r\n   \n",

@@ -1,0 +1,202 @@
+"""A conversation held in a FreqKV cache: documents and turns go in, answers come out.
+
+This is the layer the commands use; it knows chat templates, documents and the --ctx
+budget, and nothing about terminals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ..cache.policy import CachePolicy
+from ..documents import Document
+from ..engine.sampling import Sampler
+from ..engine.streaming import GenerationResult, StreamingEngine
+from ..errors import ContextLimitError
+from ..models.loading import LoadedModel
+from .prompts import document_prompt, turn_template
+
+
+@dataclass
+class ReadReport:
+    """What reading one document did."""
+
+    name: str
+    pages: int  # pages (or text parts) that reached the model
+    tokens: int  # document tokens streamed into the model
+    tokens_total: int  # document tokens in all (more than ``tokens`` only if --ctx cut it)
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def truncated(self) -> bool:
+        return self.tokens < self.tokens_total
+
+
+@dataclass
+class ReadProgress:
+    """Passed to the progress callback after every forward call."""
+
+    pages_done: int
+    pages_total: int | None
+    chars_done: int
+    tokens_done: int  # tokens of this document streamed so far
+
+
+class Session:
+    """One conversation with ``loaded`` under ``policy``; ``ctx`` caps the tokens it may hold."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        policy: CachePolicy,
+        *,
+        ctx: int | None = None,
+        system: str | None = None,
+        max_chunk: int = 2048,
+    ) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.engine = StreamingEngine(loaded.model, policy, tokenizer=loaded.tokenizer, max_chunk=max_chunk)
+        self.template = turn_template(loaded.tokenizer, system)
+        self.ctx = ctx
+        self.system = system
+        self.turns = 0  # user turns begun
+        self.stop_token_ids = _stop_ids(loaded)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    @property
+    def tokens_held(self) -> int:
+        """Tokens this conversation has streamed (what --ctx limits), not cache entries."""
+        return self.engine.cache.tokens_seen + len(self.engine._pending)
+
+    def reset(self) -> None:
+        self.engine.reset()
+        self.turns = 0
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+
+    def _turn_opening(self) -> str:
+        if self.turns == 0:
+            return self.template.first_before
+        opening = self.template.before
+        # The last answer ended with its end-of-turn token, which is already in the history.
+        pending = self.engine._pending
+        if pending:
+            closer = self.tokenizer.decode(pending)  # type: ignore[attr-defined]
+            if opening.startswith(closer):
+                opening = opening[len(closer) :]
+        return opening
+
+    def _check_room(self, needed: int) -> None:
+        if self.ctx is not None and self.tokens_held + needed > self.ctx:
+            raise ContextLimitError(
+                f"this session holds {self.tokens_held:,} tokens and the next {needed:,} would pass "
+                f"--ctx {self.ctx:,}: use /reset or a larger --ctx"
+            )
+
+    # -- input -----------------------------------------------------------------------------
+    def read_document(
+        self,
+        document: Document,
+        *,
+        task: str = "read",
+        question: str | None = None,
+        reserve: int = 0,
+        on_progress: Callable[[ReadProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> ReadReport:
+        """Stream ``document`` inside one user turn for ``task`` (``summarize``, ``qa``, ``read``).
+
+        The instruction (and question) before the document is pinned when the conversation
+        starts with it, so compression never blurs it. ``reserve`` tokens are kept free
+        under --ctx for the answer. A document longer than the budget is cut, and the
+        report says by how much (the caller must tell the user).
+        """
+        started = time.perf_counter()
+        before, after = document_prompt(task, question)
+        prefix = self.encode(self._turn_opening() + before)
+        suffix = self.encode(after + self.template.after)
+        self._check_room(len(prefix) + len(suffix) + reserve)
+        budget = None
+        if self.ctx is not None:
+            budget = self.ctx - self.tokens_held - len(prefix) - len(suffix) - reserve
+        pin = self.tokens_held == 0
+        self.engine.feed(prefix, pin=pin, should_stop=should_stop)
+        self.turns += 1
+
+        state = ReadProgress(0, document.page_count, 0, 0)
+        counted = {"total": 0}
+
+        def pieces() -> Iterator[list[int]]:
+            first = True
+            for page in document.pages():
+                text = page.text if first else "\n\n" + page.text
+                first = False
+                ids = self.encode(text)
+                counted["total"] += len(ids)
+                state.pages_done += 1
+                state.chars_done += len(page.text)
+                if budget is not None and state.tokens_done + len(ids) > budget:
+                    ids = ids[: max(0, budget - state.tokens_done)]
+                if ids:
+                    state.tokens_done += len(ids)
+                    yield ids
+
+        def progress(_: int) -> None:
+            if on_progress is not None:
+                on_progress(state)
+
+        self.engine.feed(pieces(), on_progress=progress, should_stop=should_stop)
+        self.engine.feed(suffix, should_stop=should_stop)
+        return ReadReport(
+            name=document.name,
+            pages=state.pages_done,
+            tokens=state.tokens_done,
+            tokens_total=counted["total"],
+            seconds=time.perf_counter() - started,
+            warnings=list(document.warnings),
+        )
+
+    def add_user_turn(self, text: str, *, should_stop: Callable[[], bool] | None = None) -> int:
+        """Append one user message and the assistant's cue; returns the tokens added."""
+        ids = self.encode(self._turn_opening() + text + self.template.after)
+        self._check_room(len(ids))
+        self.engine.feed(ids, should_stop=should_stop)
+        self.turns += 1
+        return len(ids)
+
+    # -- output ----------------------------------------------------------------------------
+    def generate(
+        self,
+        *,
+        max_new_tokens: int = 512,
+        sampler: Sampler | None = None,
+        on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        if self.ctx is not None:
+            max_new_tokens = max(0, min(max_new_tokens, self.ctx - self.tokens_held))
+        return self.engine.generate(
+            max_new_tokens,
+            sampler,
+            stop_token_ids=self.stop_token_ids,
+            on_text=on_text,
+            should_stop=should_stop,
+        )
+
+
+def _stop_ids(loaded: LoadedModel) -> list[int]:
+    ids: set[int] = set()
+    eos = getattr(loaded.model.generation_config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(eos)
+    tok_eos = getattr(loaded.tokenizer, "eos_token_id", None)
+    if tok_eos is not None:
+        ids.add(int(tok_eos))
+    return sorted(ids)
