@@ -28,10 +28,35 @@ def load_trainable_params(folder: Path) -> dict[str, torch.Tensor] | None:
             else:
                 # weights_only: a .bin is a pickle, and pickles from strangers can run code.
                 state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure here means an unusable file
+        except Exception as exc:
             raise ModelError(f"'{path}' cannot be read safely: {str(exc).splitlines()[0][:200]}") from None
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+        ):
+            raise ModelError(f"'{path}' must hold a mapping of parameter names to tensors")
         return {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
     return None
+
+
+def _resize_like_reference(model: PreTrainedModel, rows: int) -> None:
+    """Resize the vocabulary as the reference's ``smart_tokenizer_and_embedding_resize`` did.
+
+    New rows of the input and output embeddings are the mean of the old rows, exactly.
+    (transformers' own ``mean_resizing`` samples them at random around the mean, so the
+    untrained output row of the added token would differ from the one the model was
+    trained with, and from one load to the next.)
+    """
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    added = rows - old
+    if added <= 0:
+        return
+    with torch.no_grad():
+        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if module is None:
+                continue
+            weight = module.weight
+            weight[-added:] = weight[:-added].mean(dim=0, keepdim=True)
 
 
 def merge_adapter(model: PreTrainedModel, folder: Path, settings: TunedSettings | None) -> PreTrainedModel:
@@ -50,14 +75,16 @@ def merge_adapter(model: PreTrainedModel, folder: Path, settings: TunedSettings 
         embed = trainable.get("model.embed_tokens.weight")
         if embed is not None and embed.shape[0] != model.get_input_embeddings().weight.shape[0]:
             # The reference code adds a pad token: 32000 -> 32001 rows.
-            model.resize_token_embeddings(embed.shape[0])
+            _resize_like_reference(model, embed.shape[0])
         own = model.state_dict()
         unknown = [k for k in trainable if k not in own]
         if unknown:
             raise ModelError(f"'{folder}': trainable params do not fit this base model (e.g. '{unknown[0]}')")
         for key, value in trainable.items():
             if own[key].shape != value.shape:
-                raise ModelError(f"'{folder}': '{key}' has shape {tuple(value.shape)}, base has {tuple(own[key].shape)}")
+                raise ModelError(
+                    f"'{folder}': '{key}' has shape {tuple(value.shape)}, base has {tuple(own[key].shape)}"
+                )
         model.load_state_dict(trainable, strict=False)
     try:
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)

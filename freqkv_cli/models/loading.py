@@ -72,7 +72,9 @@ def load_model(
         return _load_folder(folder, DEFAULT_MODEL_NAME, target, common)
     path = Path(spec).expanduser()
     if not path.exists():
-        raise ModelError(f"model '{spec}' not found: give 'default', a model folder, a .gguf file or an adapter folder")
+        raise ModelError(
+            f"model '{spec}' not found: give 'default', a model folder, a .gguf file or an adapter folder"
+        )
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelError(f"'{spec}' is a file but not a .gguf model; a Hugging Face model is a folder")
@@ -82,7 +84,8 @@ def load_model(
     if (path / "config.json").is_file():
         return _load_folder(path, str(path), target, common)
     raise ModelError(
-        f"'{spec}' is not a model folder: expected config.json (Hugging Face) or adapter_config.json (LoRA adapter)"
+        f"'{spec}' is not a model folder: expected config.json (Hugging Face) "
+        "or adapter_config.json (LoRA adapter)"
     )
 
 
@@ -100,6 +103,11 @@ def _load_folder(folder: Path, name: str, target: torch.device, common: dict) ->
     family = check_family(config, str(folder))
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=common["trust_remote_code"])
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise ModelError(
+            f"'{folder}' has no usable tokenizer (tokenizer.json or tokenizer.model): {_one_line(exc)}"
+        ) from None
+    try:
         model = AutoModelForCausalLM.from_pretrained(folder, **common)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"'{folder}' could not be loaded: {_one_line(exc)}") from None
@@ -116,7 +124,9 @@ def _load_gguf(path: Path, target: torch.device, common: dict) -> LoadedModel:
     except ModelError:
         raise
     except ImportError as exc:
-        raise ModelError(f"reading GGUF files needs the 'gguf' package (pip install gguf): {_one_line(exc)}") from None
+        raise ModelError(
+            f"reading GGUF files needs the 'gguf' package (pip install gguf): {_one_line(exc)}"
+        ) from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"'{path}' could not be loaded as GGUF: {_one_line(exc)}") from None
     _forget_gguf_quantizer(model)
@@ -155,7 +165,12 @@ def ensure_default_converted() -> Path:
 def _load_adapter(path: Path, base: str | None, target: torch.device, common: dict) -> LoadedModel:
     from .adapter import merge_adapter  # peft is only needed for adapters
 
-    adapter_config = json.loads((path / "adapter_config.json").read_text())
+    try:
+        adapter_config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"'{path / 'adapter_config.json'}' cannot be read: {_one_line(exc)}") from None
+    if not isinstance(adapter_config, dict):
+        raise ModelError(f"'{path / 'adapter_config.json'}' must hold a JSON object")
     base_spec = base or adapter_config.get("base_model_name_or_path")
     settings = read_settings(path)
     if not base_spec and settings is not None:
@@ -163,9 +178,13 @@ def _load_adapter(path: Path, base: str | None, target: torch.device, common: di
     if not base_spec:
         raise ModelError(f"adapter '{path}' does not name its base model: pass --base MODEL")
     if base_spec != "default" and not Path(base_spec).expanduser().exists():
-        raise ModelError(f"adapter '{path}' needs base model '{base_spec}', not found here: pass --base MODEL")
+        raise ModelError(
+            f"adapter '{path}' needs base model '{base_spec}', not found here: pass --base MODEL"
+        )
     # Merge on the CPU in float32, then move: merging in bf16 would round twice.
-    loaded = load_model(base_spec, device="cpu", dtype="float32", trust_remote_code=common["trust_remote_code"])
+    loaded = load_model(
+        base_spec, device="cpu", dtype="float32", trust_remote_code=common["trust_remote_code"]
+    )
     model = merge_adapter(loaded.model, path, settings)
     model = model.to(common["dtype"])
     return LoadedModel(_finish(model, target), loaded.tokenizer, str(path), loaded.family, settings)

@@ -47,10 +47,14 @@ def read_settings(folder: Path) -> TunedSettings | None:
         if key in data and data[key] is not None:
             if not isinstance(data[key], (int, float)) or isinstance(data[key], bool):
                 raise ModelError(f"'{path}': '{key}' must be a number")
+            if kind is int and not float(data[key]).is_integer():
+                raise ModelError(f"'{path}': '{key}' must be a whole number, not {data[key]}")
             values[key] = kind(data[key])
     for key in ("base_model", "base_fingerprint"):
-        if key in data:
-            values[key] = str(data[key])
+        if data.get(key) is not None:  # null means "not recorded", not the string "None"
+            if not isinstance(data[key], str):
+                raise ModelError(f"'{path}': '{key}' must be a string")
+            values[key] = data[key]
     extra = {k: v for k, v in data.items() if k not in known and k not in ("base_model", "base_fingerprint")}
     return TunedSettings(**values, extra=extra)
 

@@ -1,0 +1,3 @@
+from freqkv_cli.cli.entry import main
+
+main()

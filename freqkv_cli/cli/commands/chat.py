@@ -1,0 +1,154 @@
+"""`freqkv chat [PATH ...]`: an interactive conversation whose history lives in the compressed cache."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ...errors import ContextLimitError, FreqKVError, Interrupted
+from ...models.default import freqkv_home
+from .. import options as o
+from ..readout import Readout
+from ..running import StopFlag, answer, load, make_session, open_input, read_into
+
+HELP_TEXT = "commands: /read FILE · /stats · /reset · /exit (or Ctrl-D) · Ctrl-C stops an answer"
+
+
+def _enable_line_editing() -> None:
+    """Arrow keys and a persistent history for input() in a terminal."""
+    try:
+        import atexit
+        import readline
+    except ImportError:  # Windows without pyreadline: plain input
+        return
+    history = freqkv_home() / "chat_history"
+    try:
+        history.parent.mkdir(parents=True, exist_ok=True)
+        if history.exists():
+            readline.read_history_file(history)
+        readline.set_history_length(1000)
+        atexit.register(readline.write_history_file, history)
+    except OSError:
+        pass
+
+
+def chat(
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="Documents to read before the conversation.", show_default=False)
+    ] = None,
+    model: o.ModelOpt = "default",
+    base: o.BaseOpt = None,
+    window: o.WindowOpt = None,
+    ctx: o.CtxOpt = None,
+    sink: o.SinkOpt = None,
+    recent: o.RecentOpt = None,
+    ratio: o.RatioOpt = None,
+    cache: o.CacheOpt = "freqkv",
+    device: o.DeviceOpt = "auto",
+    dtype: o.DtypeOpt = "auto",
+    trust_remote_code: o.TrustOpt = False,
+    max_new_tokens: o.MaxNewOpt = 512,
+    temperature: o.TemperatureOpt = 0.0,
+    top_p: o.TopPOpt = 1.0,
+    seed: o.SeedOpt = None,
+    system: o.SystemOpt = None,
+    password: o.PasswordOpt = None,
+    quiet: o.QuietOpt = False,
+    progress: o.ProgressOpt = False,
+    no_color: o.NoColorOpt = False,
+) -> None:
+    """Chat with the model, optionally about documents read first.
+
+    The whole conversation stays in the compressed cache, so it can run far past the
+    model's window.
+
+    In the chat: /read FILE reads another document, /stats shows memory, /reset starts
+    over, /exit or Ctrl-D leaves, Ctrl-C stops an answer and returns to the prompt. With
+    standard input not a terminal, each input line is one turn.
+
+    Examples:
+
+      freqkv chat --ctx 32k
+
+      freqkv chat book.pdf --window 2k
+
+      printf 'Who is the narrator?\\nWhere does he go?\\n' | freqkv chat samples/botchan.txt
+    """
+    choice = o.CacheChoice(cache, window, sink, recent, ratio, ctx)
+    choice.check()
+    readout = Readout(quiet=quiet, force_progress=progress, no_color=o.color_disabled(no_color))
+    documents = [open_input(path, password, None) for path in paths or []]  # fail before loading
+    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code), readout)
+    session = make_session(loaded, choice, system)
+    sampler = o.make_sampler(temperature, top_p, seed)
+    stop = StopFlag()
+    interactive = sys.stdin.isatty()
+    if interactive:
+        _enable_line_editing()
+    for document in documents:
+        with stop.armed():
+            read_into(session, document, readout, stop, task="read")
+        if stop():
+            raise Interrupted("interrupted while reading")
+    if interactive:
+        readout.info(f"freqkv chat · {loaded.name} · {HELP_TEXT}")
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            if interactive:
+                sys.stderr.write("\n")
+            return
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt, as shells do
+            sys.stderr.write("\n")
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            if _command(text, session, readout, stop, password) == "exit":
+                return
+            continue
+        try:
+            with stop.armed():
+                session.add_user_turn(text, should_stop=stop)
+                result = answer(session, sampler, max_new_tokens, stop, stream=True)
+        except ContextLimitError as exc:
+            readout.warn(str(exc))
+            continue
+        if result.stop_reason == "interrupted":
+            readout.info("(answer stopped)")
+        elif result.stop_reason == "max_new_tokens":
+            readout.info(f"(answer cut at --max-new-tokens {max_new_tokens})")
+
+
+def _command(text: str, session, readout: Readout, stop: StopFlag, password: str | None) -> str | None:
+    name, _, argument = text.partition(" ")
+    if name in ("/exit", "/quit"):
+        return "exit"
+    if name == "/reset":
+        session.reset()
+        readout.info("(conversation cleared)")
+    elif name == "/stats":
+        sys.stderr.write(readout.memory_line(session) + "\n")
+    elif name == "/read":
+        if not argument.strip():
+            readout.warn("usage: /read FILE")
+            return None
+        try:
+            document = open_input(str(Path(argument.strip()).expanduser()), password, None)
+            with stop.armed():
+                report = read_into(session, document, readout, stop, task="read")
+            readout.info(f"(read {report.tokens:,} tokens of {document.name})")
+        except Interrupted:
+            readout.warn("reading stopped; the part already read stays in the conversation")
+        except FreqKVError as exc:  # a bad file must not end the chat
+            readout.warn(str(exc))
+    elif name == "/help":
+        readout.info(HELP_TEXT)
+    else:
+        readout.warn(f"unknown command {name}: {HELP_TEXT}")
+    return None

@@ -1,0 +1,60 @@
+"""`freqkv count PATH|-`: pages, characters and tokens, without running the model."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from ...models.tokenizer import load_tokenizer
+from ...sizes import format_count
+from .. import options as o
+from ..readout import Readout
+from ..running import open_input
+
+
+def count(
+    path: Annotated[str, typer.Argument(help="A PDF, a text file, or - for standard input.", show_default=False)],
+    model: o.ModelOpt = "default",
+    base: o.BaseOpt = None,
+    pages: o.PagesOpt = None,
+    password: o.PasswordOpt = None,
+    as_json: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+    no_color: o.NoColorOpt = False,
+) -> None:
+    """Count pages, characters and the model's tokens in a document (no model run).
+
+    Examples:
+
+      freqkv count book.pdf
+
+      freqkv count --json notes.txt
+    """
+    readout = Readout(quiet=quiet, force_progress=False, no_color=o.color_disabled(no_color))
+    started = time.perf_counter()
+    document = open_input(path, password, pages)
+    tokenizer = load_tokenizer(model, base=base)
+    chars = tokens = read_pages = 0
+    for page in document.pages():
+        chars += len(page.text)
+        tokens += len(tokenizer(page.text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+        read_pages += 1
+    for warning in document.warnings:
+        readout.warn(f"{document.name}: {warning}")
+    data = {
+        "document": document.name,
+        "kind": document.kind,
+        "pages": document.page_count,
+        "characters": chars,
+        "tokens": tokens,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    page_part = f"{format_count(document.page_count)} pages\t" if document.page_count is not None else ""
+    sys.stdout.write(f"{page_part}{format_count(chars)} characters\t{format_count(tokens)} tokens\t{document.name}\n")

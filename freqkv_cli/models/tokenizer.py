@@ -1,0 +1,39 @@
+"""Load only a tokenizer (for `freqkv count`): no weights, seconds not minutes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from ..errors import ModelError
+
+
+def load_tokenizer(
+    spec: str = "default", *, base: str | None = None, trust_remote_code: bool = False
+) -> object:
+    from .loading import ensure_default_converted
+
+    if spec == "default":
+        return AutoTokenizer.from_pretrained(ensure_default_converted())
+    path = Path(spec).expanduser()
+    try:
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        if path.is_dir() and (path / "adapter_config.json").is_file():
+            if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+                return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            base = base or json.loads((path / "adapter_config.json").read_text()).get(
+                "base_model_name_or_path"
+            )
+            if not base:
+                raise ModelError(f"adapter '{path}' does not name its base model: pass --base MODEL")
+            return load_tokenizer(base, trust_remote_code=trust_remote_code)
+        if path.is_dir() and (path / "config.json").is_file():
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"'{spec}': no usable tokenizer: {str(exc).splitlines()[0][:200]}") from None
+    raise ModelError(
+        f"'{spec}' is not a model: give 'default', a model folder, a .gguf file or an adapter folder"
+    )
