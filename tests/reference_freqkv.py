@@ -81,11 +81,15 @@ class ReferenceFreqKV:
 
     def _compress(self) -> None:
         span = self.window - self.sink - self.recent
-        kept = int(math.floor(span * self.ratio))
+        kept = math.floor(span * self.ratio)
         for i in range(len(self.keys)):
             for store in (self.keys, self.values):
                 t = store[i]
-                head, middle, tail = t[:, : self.sink], t[:, self.sink : self.sink + span], t[:, self.sink + span :]
+                head, middle, tail = (
+                    t[:, : self.sink],
+                    t[:, self.sink : self.sink + span],
+                    t[:, self.sink + span :],
+                )
                 if self.kind == "freqkv":
                     middle = lowpass(middle, kept, dim=1, method="fft")
                 else:
@@ -96,7 +100,7 @@ class ReferenceFreqKV:
     @torch.no_grad()
     def run(self, ids: list[int]) -> torch.Tensor:
         span = self.window - self.sink - self.recent
-        freed = span - int(math.floor(span * self.ratio))
+        freed = span - math.floor(span * self.ratio)
         logits = []
         pos = 0
         first = True

@@ -94,7 +94,9 @@ def test_summarize_json_schema_and_compression(tiny: str, doc: Path, capsys: pyt
 
 
 def test_qa_streams_answer_to_stdout_and_stats_to_stderr(tiny: str, doc: Path) -> None:
-    result = cli("qa", str(doc), "Who is the narrator?", "-m", tiny, "--window", "256", "-n", "12", "--progress")
+    result = cli(
+        "qa", str(doc), "Who is the narrator?", "-m", tiny, "--window", "256", "-n", "12", "--progress"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()  # the (random) answer
     assert b"compressions" in result.stderr and b"compressions" not in result.stdout
@@ -110,8 +112,21 @@ def test_stdin_pipe(tiny: str) -> None:
 
 
 def test_pdf_pages_are_read(tiny: str, capsys: pytest.CaptureFixture) -> None:
-    code = run(["summarize", str(SAMPLES / "botchan-excerpt.pdf"), "-m", tiny, "--window", "256", "-n", "2",
-                "--pages", "2-3", "--json"])
+    code = run(
+        [
+            "summarize",
+            str(SAMPLES / "botchan-excerpt.pdf"),
+            "-m",
+            tiny,
+            "--window",
+            "256",
+            "-n",
+            "2",
+            "--pages",
+            "2-3",
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     data = json.loads(captured.out)
@@ -181,7 +196,11 @@ NO_MODEL = "/nonexistent/model"  # if input were checked after loading, the erro
         (["summarize", str(DATA / "empty.txt")], EXIT_INPUT, "empty"),
         (["summarize", str(DATA / "binary.bin")], EXIT_INPUT, "binary"),
         (["summarize", str(DATA / "pypdf-r4-aes-user-password.pdf")], EXIT_INPUT, "password"),
-        (["summarize", str(DATA / "pypdf-r4-aes-user-password.pdf"), "--password", "wrong"], EXIT_INPUT, "password"),
+        (
+            ["summarize", str(DATA / "pypdf-r4-aes-user-password.pdf"), "--password", "wrong"],
+            EXIT_INPUT,
+            "password",
+        ),
         (["summarize", str(DATA / "synthetic-image-only.pdf")], EXIT_INPUT, "OCR"),
         (["summarize", str(DATA / "not-a-pdf.pdf")], EXIT_INPUT, "not a PDF"),
         (["qa", str(DATA / "utf8-bom.txt"), "q", "--ctx", "32q"], EXIT_USAGE, "32q"),
@@ -192,7 +211,9 @@ NO_MODEL = "/nonexistent/model"  # if input were checked after loading, the erro
         (["summarize", str(DATA / "utf8-bom.txt"), "--max-new-tokens", "0"], EXIT_USAGE, "max-new-tokens"),
     ],
 )
-def test_bad_input_before_model(args: list[str], code: int, needle: str, capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_before_model(
+    args: list[str], code: int, needle: str, capsys: pytest.CaptureFixture
+) -> None:
     got = run([*args, "--model", NO_MODEL] if "--bogus-flag" not in args else args)
     err = capsys.readouterr().err
     line = one_line_error(err)
@@ -233,7 +254,9 @@ def test_bad_model_settings(
 def test_unsupported_architecture(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)).save_pretrained(
+        tmp_path / "gpt2"
+    )
     got = run(["info", "--model", str(tmp_path / "gpt2")])
     line = one_line_error(capsys.readouterr().err)
     assert got == EXIT_MODEL and "gpt2" in line and "llama" in line

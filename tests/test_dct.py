@@ -27,7 +27,9 @@ def test_dct_and_inverse_match_scipy(n: int) -> None:
     np.testing.assert_allclose(got, scipy.fft.idct(x, type=2, norm="ortho", axis=1), atol=1e-10)
     for keep in {1, (n + 1) // 2, n}:
         partial = dct_ortho(torch.from_numpy(x), dim=1, keep=keep).numpy()
-        np.testing.assert_allclose(partial, scipy.fft.dct(x, type=2, norm="ortho", axis=1)[:, :keep], atol=1e-10)
+        np.testing.assert_allclose(
+            partial, scipy.fft.dct(x, type=2, norm="ortho", axis=1)[:, :keep], atol=1e-10
+        )
 
 
 @pytest.mark.parametrize("method", ["fft", "matrix"])

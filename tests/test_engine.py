@@ -76,7 +76,7 @@ def test_pinned_prefix_stays_exact() -> None:
     before = [layer.keys[:, :, :20].clone() for layer in engine.cache.layers]
     engine.feed(document)
     assert engine.stats().compressions > 3
-    for layer, keys in zip(engine.cache.layers, before):
+    for layer, keys in zip(engine.cache.layers, before, strict=True):
         torch.testing.assert_close(layer.keys[:, :, :20], keys)
     # pinned prefix equals the reference with 20 sinks
     engine2 = StreamingEngine(model, CachePolicy(window=64, sink=4))

@@ -24,7 +24,9 @@ import torch
 
 
 @lru_cache(maxsize=64)
-def _twiddles(n: int, count: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _twiddles(
+    n: int, count: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of pi*k/(2n) for k < count."""
     angle = torch.arange(count, dtype=torch.float64) * (math.pi / (2 * n))
     return angle.cos().to(device, dtype), angle.sin().to(device, dtype)

@@ -54,7 +54,9 @@ class CachePolicy:
                 f"in a window of {self.window}: they must sum to at most {self.window - 2}"
             )
         if self.kept(head) < 1 or self.kept(head) >= span:
-            raise UsageError(f"ratio {self.ratio} keeps {self.kept(head)} of {span} entries: nothing would be freed")
+            raise UsageError(
+                f"ratio {self.ratio} keeps {self.kept(head)} of {span} entries: nothing would be freed"
+            )
 
     def span(self, head: int | None = None) -> int:
         """F: how many entries one round compresses."""
@@ -63,7 +65,7 @@ class CachePolicy:
 
     def kept(self, head: int | None = None) -> int:
         """L = floor(F * r): what the F entries become."""
-        return int(math.floor(self.span(head) * self.ratio))
+        return math.floor(self.span(head) * self.ratio)
 
     def freed(self, head: int | None = None) -> int:
         """F - L: the room one round frees, i.e. the prefill chunk after the first."""

@@ -75,14 +75,18 @@ class WindowLayer(CacheLayerMixin):
         end = self.length + seq
         if end > self.keys.shape[-2]:
             if self.capacity is not None:
-                raise RuntimeError(f"window overflow: {end} > {self.capacity}; the engine must compress first")
+                raise RuntimeError(
+                    f"window overflow: {end} > {self.capacity}; the engine must compress first"
+                )
             self._grow(end)
         self.keys[:, :, self.length : end] = key_states
         self.values[:, :, self.length : end] = value_states
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
-    def get_mask_sizes(self, query_length: int | torch.Tensor, *args: object, **kwargs: object) -> tuple[int, int]:
+    def get_mask_sizes(
+        self, query_length: int | torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[int, int]:
         if isinstance(query_length, torch.Tensor):  # older transformers pass cache_position
             query_length = query_length.shape[0]
         return self.length + int(query_length), 0
@@ -152,7 +156,12 @@ class WindowedCache(Cache):
         self.pinned = count
 
     def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        *args: object,
+        **kwargs: object,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if layer_idx == 0:
             self.tokens_seen += key_states.shape[-2]
@@ -188,7 +197,9 @@ class WindowedCache(Cache):
             torch.cuda.synchronize(device)
         self.compress_seconds += time.perf_counter() - started
 
-    def _compress_layers(self, layers: list[WindowLayer], head: int, span: int, kept: int, recent: int) -> None:
+    def _compress_layers(
+        self, layers: list[WindowLayer], head: int, span: int, kept: int, recent: int
+    ) -> None:
         device = layers[0].keys.device
         window = self.policy.window
         if self.policy.kind == "freqkv":
@@ -197,7 +208,9 @@ class WindowedCache(Cache):
             keys = torch.stack([layer.keys[:, :, head : head + span] for layer in layers]).float()
             values = torch.stack([layer.values[:, :, head : head + span] for layer in layers]).float()
             # Keys go back to pre-RoPE, are low-passed with the values, then rotated to their new slots.
-            low = lowpass(torch.cat([self.rotation.unrotate(keys, old_pos), values]), kept, -2, self.lowpass_method)
+            low = lowpass(
+                torch.cat([self.rotation.unrotate(keys, old_pos), values]), kept, -2, self.lowpass_method
+            )
             new_keys = self.rotation.rotate(low[: len(layers)], new_pos)
             new_values = low[len(layers) :]
             moved_from, moved_to = head + span, head + kept

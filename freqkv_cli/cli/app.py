@@ -86,7 +86,7 @@ def run(argv: list[str] | None = None) -> int:
         return 0
     except MemoryError:
         return _fail("out of memory: try a smaller --window or a smaller model", EXIT_OUT_OF_MEMORY)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+    except Exception as exc:
         if _is_device_oom(exc):
             return _fail(
                 "the GPU ran out of memory: try a smaller --window (e.g. half), --dtype bfloat16, "
@@ -97,7 +97,9 @@ def run(argv: list[str] | None = None) -> int:
             raise
         first = str(exc).strip().splitlines()
         detail = first[0][:300] if first else ""
-        return _fail(f"internal error: {type(exc).__name__}: {detail} (FREQKV_DEBUG=1 shows more)", EXIT_FAILURE)
+        return _fail(
+            f"internal error: {type(exc).__name__}: {detail} (FREQKV_DEBUG=1 shows more)", EXIT_FAILURE
+        )
 
 
 def _usage_message(exc: Exception) -> str:

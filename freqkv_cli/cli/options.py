@@ -21,75 +21,122 @@ INPUT_PANEL = "Input"
 ModelOpt = Annotated[
     str,
     typer.Option(
-        "--model", "-m", envvar="FREQKV_MODEL", rich_help_panel=MODEL_PANEL,
+        "--model",
+        "-m",
+        envvar="FREQKV_MODEL",
+        rich_help_panel=MODEL_PANEL,
         help="'default' (embedded SmolLM2-135M-Instruct), a Hugging Face model folder, a .gguf file, "
         "or a LoRA adapter folder.",
     ),
 ]
 BaseOpt = Annotated[
     str | None,
-    typer.Option("--base", rich_help_panel=MODEL_PANEL, help="Base model for a LoRA adapter (overrides its config)."),
+    typer.Option(
+        "--base", rich_help_panel=MODEL_PANEL, help="Base model for a LoRA adapter (overrides its config)."
+    ),
 ]
 WindowOpt = Annotated[
     str | None,
-    typer.Option("--window", "-w", rich_help_panel=MODEL_PANEL,
-                 help="Cache window N per layer, e.g. 1024, 4k [checkpoint's freqkv.json, else min(4k, model window)]."),
+    typer.Option(
+        "--window",
+        "-w",
+        rich_help_panel=MODEL_PANEL,
+        help="Cache window N per layer, e.g. 1024, 4k "
+        "[the checkpoint's freqkv.json, else min(4k, model window)].",
+    ),
 ]
 CtxOpt = Annotated[
     str | None,
-    typer.Option("--ctx", "-c", rich_help_panel=MODEL_PANEL,
-                 help="Most tokens the session may hold in all (document + conversation), e.g. 32k [no limit]."),
+    typer.Option(
+        "--ctx",
+        "-c",
+        rich_help_panel=MODEL_PANEL,
+        help="Most tokens the session may hold in all (document + conversation), e.g. 32k [no limit].",
+    ),
 ]
-SinkOpt = Annotated[int | None, typer.Option("--sink", rich_help_panel=MODEL_PANEL, help="Sink tokens S [4].")]
+SinkOpt = Annotated[
+    int | None, typer.Option("--sink", rich_help_panel=MODEL_PANEL, help="Sink tokens S [4].")
+]
 RecentOpt = Annotated[
     int | None, typer.Option("--recent", rich_help_panel=MODEL_PANEL, help="Recent tokens R kept exact [0].")
 ]
 RatioOpt = Annotated[
-    float | None, typer.Option("--ratio", rich_help_panel=MODEL_PANEL, help="Share r of the span kept, 0<r<1 [0.5].")
+    float | None,
+    typer.Option("--ratio", rich_help_panel=MODEL_PANEL, help="Share r of the span kept, 0<r<1 [0.5]."),
 ]
 CacheOpt = Annotated[
     str, typer.Option("--cache", rich_help_panel=MODEL_PANEL, help=f"Cache policy: {', '.join(POLICIES)}.")
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", rich_help_panel=MODEL_PANEL, help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps.")
+    str,
+    typer.Option(
+        "--device", rich_help_panel=MODEL_PANEL, help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps."
+    ),
 ]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", rich_help_panel=MODEL_PANEL, help="auto (bf16 on CUDA, float32 on CPU), float32, "
-                      "bfloat16, float16.")
+    str,
+    typer.Option(
+        "--dtype",
+        rich_help_panel=MODEL_PANEL,
+        help="auto (bf16 on CUDA, float32 on CPU), float32, bfloat16, float16.",
+    ),
 ]
 TrustOpt = Annotated[
-    bool, typer.Option("--trust-remote-code", rich_help_panel=MODEL_PANEL,
-                       help="Allow a model folder's own Python code to run (off by default).")
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        rich_help_panel=MODEL_PANEL,
+        help="Allow a model folder's own Python code to run (off by default).",
+    ),
 ]
 MaxNewOpt = Annotated[
-    int, typer.Option("--max-new-tokens", "-n", min=1, rich_help_panel=OUTPUT_PANEL, help="Longest answer, in tokens.")
+    int,
+    typer.Option(
+        "--max-new-tokens", "-n", min=1, rich_help_panel=OUTPUT_PANEL, help="Longest answer, in tokens."
+    ),
 ]
 TemperatureOpt = Annotated[
     float, typer.Option("--temperature", "-t", min=0.0, rich_help_panel=OUTPUT_PANEL, help="0 = greedy.")
 ]
-TopPOpt = Annotated[float, typer.Option("--top-p", rich_help_panel=OUTPUT_PANEL, help="Nucleus sampling mass (0, 1].")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", rich_help_panel=OUTPUT_PANEL, help="Seed for sampling.")]
-SystemOpt = Annotated[str | None, typer.Option("--system", rich_help_panel=OUTPUT_PANEL, help="System prompt.")]
+TopPOpt = Annotated[
+    float, typer.Option("--top-p", rich_help_panel=OUTPUT_PANEL, help="Nucleus sampling mass (0, 1].")
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", rich_help_panel=OUTPUT_PANEL, help="Seed for sampling.")
+]
+SystemOpt = Annotated[
+    str | None, typer.Option("--system", rich_help_panel=OUTPUT_PANEL, help="System prompt.")
+]
 PagesOpt = Annotated[
-    str | None, typer.Option("--pages", rich_help_panel=INPUT_PANEL, help="PDF pages to read, e.g. 3-40 or 1,4-6.")
+    str | None,
+    typer.Option("--pages", rich_help_panel=INPUT_PANEL, help="PDF pages to read, e.g. 3-40 or 1,4-6."),
 ]
 PasswordOpt = Annotated[
     str | None,
-    typer.Option("--password", envvar="FREQKV_PDF_PASSWORD", rich_help_panel=INPUT_PANEL,
-                 help="Password of an encrypted PDF."),
+    typer.Option(
+        "--password",
+        envvar="FREQKV_PDF_PASSWORD",
+        rich_help_panel=INPUT_PANEL,
+        help="Password of an encrypted PDF.",
+    ),
 ]
 JsonOpt = Annotated[
-    bool, typer.Option("--json", rich_help_panel=OUTPUT_PANEL, help="Print one JSON object at the end instead.")
+    bool,
+    typer.Option("--json", rich_help_panel=OUTPUT_PANEL, help="Print one JSON object at the end instead."),
 ]
 QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT_PANEL, help="No progress or statistics on stderr.")
+    bool,
+    typer.Option("--quiet", "-q", rich_help_panel=OUTPUT_PANEL, help="No progress or statistics on stderr."),
 ]
 ProgressOpt = Annotated[
-    bool, typer.Option("--progress", rich_help_panel=OUTPUT_PANEL,
-                       help="Show progress even when stderr is not a terminal.")
+    bool,
+    typer.Option(
+        "--progress", rich_help_panel=OUTPUT_PANEL, help="Show progress even when stderr is not a terminal."
+    ),
 ]
 NoColorOpt = Annotated[
-    bool, typer.Option("--no-color", rich_help_panel=OUTPUT_PANEL, help="No colours (NO_COLOR is honoured too).")
+    bool,
+    typer.Option("--no-color", rich_help_panel=OUTPUT_PANEL, help="No colours (NO_COLOR is honoured too)."),
 ]
 
 
@@ -142,7 +189,9 @@ class CacheChoice:
             value = getattr(tuned, key, None) if tuned is not None else None
             return default if value is None else value
 
-        window = parse_size(self.window) if self.window is not None else pick(None, "window", min(4096, native))
+        window = (
+            parse_size(self.window) if self.window is not None else pick(None, "window", min(4096, native))
+        )
         return CachePolicy(
             kind=self.kind,
             window=int(window),  # type: ignore[arg-type]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -103,7 +104,8 @@ class Readout:
             progress.update(
                 task,
                 completed=done,
-                done=f"{format_count(done)}/{format_count(total or 0)} {unit} · {format_count(state.tokens_done)} tok",
+                done=f"{format_count(done)}/{format_count(total or 0)} {unit} · "
+                f"{format_count(state.tokens_done)} tok",
                 speed=f"{state.tokens_done / elapsed:,.0f} tok/s",
                 memory=self.memory_line(session),
             )

@@ -6,9 +6,10 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ..documents import Document, open_document
 from ..engine.sampling import Sampler
@@ -89,8 +90,8 @@ def read_into(
         readout.warn(f"{document.name}: {warning}")
     if report.truncated:
         readout.warn(
-            f"{document.name}: read {format_count(report.tokens)} of {format_count(report.tokens_total)} tokens; "
-            f"the rest is past --ctx {format_count(session.ctx or 0)} (raise --ctx to read it all)"
+            f"{document.name}: read {format_count(report.tokens)} of "
+            f"{format_count(report.tokens_total)} tokens; the rest is past --ctx {format_count(session.ctx or 0)} (raise --ctx to read it all)"
         )
     return report
 
@@ -103,7 +104,9 @@ class Answer:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def answer(session: Session, sampler: Sampler, max_new_tokens: int, stop: StopFlag, *, stream: bool) -> Answer:
+def answer(
+    session: Session, sampler: Sampler, max_new_tokens: int, stop: StopFlag, *, stream: bool
+) -> Answer:
     """Generate; with ``stream`` the text goes to stdout as it comes."""
 
     def write(piece: str) -> None:
@@ -141,7 +144,9 @@ def run_document_task(
     session = make_session(loaded, cache, system)
     stop = StopFlag()
     with stop.armed():
-        report = read_into(session, document, readout, stop, task=task, question=question, reserve=max_new_tokens)
+        report = read_into(
+            session, document, readout, stop, task=task, question=question, reserve=max_new_tokens
+        )
         tokens_in = session.tokens_held
         if stop():
             raise Interrupted("interrupted while reading")

@@ -59,5 +59,8 @@ def document_prompt(task: str, question: str | None = None) -> tuple[str, str]:
     if task == "summarize":
         return f"{SUMMARIZE_INSTRUCTION}\n\nDocument:\n", f"\n\n(End of document.)\n{SUMMARIZE_REMINDER}"
     if task == "read":
-        return "Read the following document; questions about it will follow.\n\nDocument:\n", "\n\n(End of document.)"
+        return (
+            "Read the following document; questions about it will follow.\n\nDocument:\n",
+            "\n\n(End of document.)",
+        )
     raise ValueError(f"unknown task {task!r}")

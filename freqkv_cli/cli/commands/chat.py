@@ -37,7 +37,8 @@ def _enable_line_editing() -> None:
 
 def chat(
     paths: Annotated[
-        list[str] | None, typer.Argument(help="Documents to read before the conversation.", show_default=False)
+        list[str] | None,
+        typer.Argument(help="Documents to read before the conversation.", show_default=False),
     ] = None,
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,

@@ -17,7 +17,9 @@ from ..running import open_input
 
 
 def count(
-    path: Annotated[str, typer.Argument(help="A PDF, a text file, or - for standard input.", show_default=False)],
+    path: Annotated[
+        str, typer.Argument(help="A PDF, a text file, or - for standard input.", show_default=False)
+    ],
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
     pages: o.PagesOpt = None,
@@ -38,11 +40,10 @@ def count(
     started = time.perf_counter()
     document = open_input(path, password, pages)
     tokenizer = load_tokenizer(model, base=base)
-    chars = tokens = read_pages = 0
+    chars = tokens = 0
     for page in document.pages():
         chars += len(page.text)
         tokens += len(tokenizer(page.text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
-        read_pages += 1
     for warning in document.warnings:
         readout.warn(f"{document.name}: {warning}")
     data = {
@@ -57,4 +58,6 @@ def count(
         sys.stdout.write(json.dumps(data) + "\n")
         return
     page_part = f"{format_count(document.page_count)} pages\t" if document.page_count is not None else ""
-    sys.stdout.write(f"{page_part}{format_count(chars)} characters\t{format_count(tokens)} tokens\t{document.name}\n")
+    sys.stdout.write(
+        f"{page_part}{format_count(chars)} characters\t{format_count(tokens)} tokens\t{document.name}\n"
+    )

@@ -13,7 +13,9 @@ from ..running import run_document_task
 
 
 def qa(
-    path: Annotated[str, typer.Argument(help="A PDF, a text file, or - for standard input.", show_default=False)],
+    path: Annotated[
+        str, typer.Argument(help="A PDF, a text file, or - for standard input.", show_default=False)
+    ],
     question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,

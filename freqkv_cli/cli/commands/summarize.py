@@ -12,7 +12,9 @@ from ..running import run_document_task
 
 
 def summarize(
-    path: Annotated[str, typer.Argument(help="A PDF, a text file, or - for standard input.", show_default=False)],
+    path: Annotated[
+        str, typer.Argument(help="A PDF, a text file, or - for standard input.", show_default=False)
+    ],
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
     window: o.WindowOpt = None,
