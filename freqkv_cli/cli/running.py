@@ -89,9 +89,9 @@ def read_into(
     for warning in report.warnings:
         readout.warn(f"{document.name}: {warning}")
     if report.truncated:
+        read, total, limit = (format_count(n) for n in (report.tokens, report.tokens_total, session.ctx or 0))
         readout.warn(
-            f"{document.name}: read {format_count(report.tokens)} of "
-            f"{format_count(report.tokens_total)} tokens; the rest is past --ctx {format_count(session.ctx or 0)} (raise --ctx to read it all)"
+            f"{document.name}: read {read} of {total} tokens; the rest is past --ctx {limit} (raise --ctx)"
         )
     return report
 
