@@ -7,11 +7,14 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from ..documents import Document
 from ..session.session import ReadProgress, Session
@@ -87,16 +90,15 @@ class Readout:
         progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]reading[/] {task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             TextColumn("{task.fields[done]}"),
             TextColumn("{task.fields[speed]}"),
             TimeRemainingColumn(),
-            TextColumn("\n  {task.fields[memory]}"),
             console=self.console,
-            transient=False,
         )
+        memory = Text("  starting ...", style="dim")
         started = time.perf_counter()
-        task = progress.add_task(document.name, total=total, done="", speed="", memory="")
+        task = progress.add_task(Path(document.name).name, total=total, done="", speed="")
 
         def on_progress(state: ReadProgress) -> None:
             elapsed = max(time.perf_counter() - started, 1e-6)
@@ -107,10 +109,11 @@ class Readout:
                 done=f"{format_count(done)}/{format_count(total or 0)} {unit} · "
                 f"{format_count(state.tokens_done)} tok",
                 speed=f"{state.tokens_done / elapsed:,.0f} tok/s",
-                memory=self.memory_line(session),
             )
+            memory.plain = "  " + self.memory_line(session)
 
-        with progress:
+        # The bar and the memory line below it, redrawn together.
+        with Live(Group(progress, memory), console=self.console, refresh_per_second=4):
             yield on_progress
 
 

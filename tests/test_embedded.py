@@ -1,0 +1,59 @@
+"""The embedded default model, end to end (slow: minutes on 2 CPU cores, still run in CI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SAMPLES = Path(__file__).parent.parent / "samples"
+TREATY = (
+    "The treaty of Lindenfeld was signed on 14 March 1847 by Count Aurel Vasko and the merchant Ilse Brandt. "
+    "It settled the dispute over the river toll at Oberhaven. The toll was reduced from nine silver pieces "
+    "to four. The signing took place in the town hall of Lindenfeld, and a great feast followed.\n"
+)
+
+pytestmark = pytest.mark.slow
+
+
+def freqkv(*args: str, stdin: bytes | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "freqkv_cli", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+
+
+def test_default_model_answers_a_question_about_a_document(tmp_path: Path) -> None:
+    doc = tmp_path / "treaty.txt"
+    doc.write_text(TREATY)
+    result = freqkv("qa", str(doc), "Who signed the treaty of Lindenfeld?", "--json", "-n", "40")
+    assert result.returncode == 0, result.stderr.decode()
+    data = json.loads(result.stdout)
+    assert data["model"] == "SmolLM2-135M-Instruct" and data["family"] == "llama"
+    assert "Vasko" in data["answer"] or "Brandt" in data["answer"], data["answer"]
+
+
+def test_default_model_chats_through_a_pipe() -> None:
+    result = freqkv("chat", "-n", "30", stdin=b"What is the capital of France? Answer in one word.\n")
+    assert result.returncode == 0, result.stderr.decode()
+    assert "Paris" in result.stdout.decode()
+
+
+def test_summarize_a_multipage_pdf_end_to_end() -> None:
+    pdf = SAMPLES / "botchan-excerpt.pdf"
+    result = freqkv("summarize", str(pdf), "--window", "1k", "-n", "60", "--json")
+    assert result.returncode == 0, result.stderr.decode()
+    data = json.loads(result.stdout)
+    assert data["pages"] == 12
+    assert data["document_tokens"] > 4 * 1024  # the whole PDF went through a 1k window ...
+    assert data["compressions"] >= 6  # ... compressing all the way
+    assert data["kv_entries"] <= 1024 and data["kv_bytes"] < data["full_kv_bytes"] / 4
+    words = data["answer"].split()
+    assert len(words) >= 10, data["answer"]
