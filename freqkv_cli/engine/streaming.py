@@ -154,6 +154,13 @@ class StreamingEngine:
                 on_progress(len(chunk))
         return len(ids)
 
+    def _flush_pending(self) -> None:
+        """Feed the end-of-turn token a finished answer left behind, so the history stays in order."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for _chunk, hidden in self._feed_hidden(pending):
+                self._last_hidden = hidden[:, -1]
+
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits (float32) for hidden states ``(..., D)``."""
@@ -170,6 +177,7 @@ class StreamingEngine:
         """
         nll: list[torch.Tensor] = []
         ids = list(token_ids)
+        self._flush_pending()
         previous = self._last_hidden
         offset = 0
         for chunk, hidden in self._feed_hidden(ids):
@@ -207,6 +215,7 @@ class StreamingEngine:
         """
         if self._last_hidden is None:
             raise ValueError("feed() something before generate()")
+        self._flush_pending()
         sampler = sampler or Sampler()
         stops = set(stop_token_ids)
         generated: list[int] = []

@@ -144,22 +144,37 @@ def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
 def ensure_default_converted() -> Path:
     """Convert the embedded GGUF once into a safetensors folder (GGUF load ~50 s, folder ~2 s)."""
     folder = freqkv_home() / "models" / DEFAULT_MODEL_NAME
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+    if _is_converted(folder):
         return folder
     gguf = default_gguf_path()
     loaded = _load_gguf(gguf, torch.device("cpu"), {"dtype": torch.float32, "trust_remote_code": False})
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename: an interrupted conversion never leaves half a folder.
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # Write beside the target and rename: an interrupted conversion never leaves half a folder.
+        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    except OSError as exc:
+        raise ModelError(
+            f"cannot write the converted default model under '{folder.parent}' ({_one_line(exc)}): "
+            "set FREQKV_HOME to a writable folder"
+        ) from None
     try:
         loaded.model.save_pretrained(staging)
         loaded.tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
         if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            # Another process (a second terminal) finished the same conversion first: use its copy.
+            if not _is_converted(folder):
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 def _load_adapter(path: Path, base: str | None, target: torch.device, common: dict) -> LoadedModel:

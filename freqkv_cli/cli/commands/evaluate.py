@@ -144,6 +144,12 @@ def _encoder(loaded: LoadedModel, special: bool) -> Any:
     return encode
 
 
+def _show(console: Console, title: str, table: Table) -> None:
+    """A heading line, then the table (a table title would wrap to the table's width)."""
+    console.print(title, style="bold", markup=False)
+    console.print(table)
+
+
 def _write_json(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
 
@@ -197,23 +203,21 @@ def ppl(
         plots.require_matplotlib()
     readout = _readout(quiet, progress, no_color)
     started = time.perf_counter()
-    texts = [(path, open_input(path, None, None)) for path in files]  # bad input fails before loading
+    documents = [open_input(path, None, None) for path in files]  # bad input fails before loading
     loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code), readout)
     policies = [choice.policy_for(loaded) for choice in picked]
     encode = _encoder(loaded, special=True)  # the tokenizer's own BOS convention, as in training
 
     contexts: list[tuple[str, list[int]]] = []
     skipped: list[dict[str, Any]] = []
-    for path, document in texts:
+    for document in documents:
         text = document.text()
         ids = ppl_lib.first_tokens(encode, text, wanted[-1]) or encode(text)
         for length in wanted:
             if len(ids) < length:
                 skipped.append({"file": document.name, "length": length, "tokens": len(ids)})
-                readout.warn(
-                    f"{document.name}: {format_count(len(ids))} tokens, shorter than {_length_label(length)}: "
-                    "skipped at that length"
-                )
+                short = f"{format_count(len(ids))} tokens, shorter than {_length_label(length)}"
+                readout.warn(f"{document.name}: {short}: skipped at that length")
         contexts.append((document.name, ids))
     plan = [(name, ids[:length]) for name, ids in contexts for length in wanted if len(ids) >= length]
     if not plan:
@@ -249,7 +253,9 @@ def ppl(
                 "lengths": wanted,
                 "files": [name for name, _ in contexts],
                 "results": [_run_json(run) for run in runs],
-                "summary": [{**asdict(row), "ppl": row.ppl} for row in summary],
+                "summary": [
+                    {**asdict(row), "ppl": row.ppl, "seconds": round(row.seconds, 3)} for row in summary
+                ],
                 "skipped": skipped,
                 "plot": plot,
                 "seconds": round(time.perf_counter() - started, 3),
@@ -260,13 +266,16 @@ def ppl(
     files_seen = list(dict.fromkeys(run.file for run in runs))
     for name in files_seen:
         own = [run for run in runs if run.file == name]
-        console.print(_ppl_table(ppl_lib.perplexity_summary(own), f"perplexity · {name}"))
+        _show(console, f"perplexity · {name}", _ppl_table(ppl_lib.perplexity_summary(own)))
     if len(files_seen) > 1:
-        console.print(_ppl_table(summary, f"perplexity · all {len(files_seen)} files (token-weighted)"))
+        _show(console, f"perplexity · all {len(files_seen)} files (token-weighted)", _ppl_table(summary))
     for length in wanted:
-        table = _bucket_table([run for run in runs if run.length == length], length)
-        if table is not None:
-            console.print(table)
+        own = [run for run in runs if run.length == length]
+        if own:
+            files = len({run.file for run in own})
+            mean = f", mean of {files} files" if files > 1 else ""
+            title = f"loss along the context at {_length_label(length)} (nats/token by position{mean})"
+            _show(console, title, _bucket_table(own))
     if any(row.extrapolated for row in summary):
         console.print(EXTRAPOLATED_NOTE.format(native=format_count(loaded.native_window)))
 
@@ -294,9 +303,9 @@ def _run_json(run: ppl_lib.PerplexityRun) -> dict[str, Any]:
     }
 
 
-def _ppl_table(summary: list[ppl_lib.PerplexitySummary], title: str) -> Table:
+def _ppl_table(summary: list[ppl_lib.PerplexitySummary]) -> Table:
     lengths = sorted({row.length for row in summary})
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("cache")
     for length in lengths:
         table.add_column(_length_label(length), justify="right")
@@ -310,17 +319,10 @@ def _ppl_table(summary: list[ppl_lib.PerplexitySummary], title: str) -> Table:
     return table
 
 
-def _bucket_table(runs: list[ppl_lib.PerplexityRun], length: int) -> Table | None:
-    """Loss along the context: mean over files (equal token counts at one length)."""
-    if not runs:
-        return None
+def _bucket_table(runs: list[ppl_lib.PerplexityRun]) -> Table:
+    """Loss along the context of one length: mean over files (equal token counts at one length)."""
     edges = [(b.start, b.end) for b in runs[0].buckets]
-    files = len({run.file for run in runs})
-    table = Table(
-        title=f"loss along the context, {_length_label(length)} (nats/token by position"
-        + (f", mean of {files} files)" if files > 1 else ")"),
-        title_justify="left",
-    )
+    table = Table()
     table.add_column("cache")
     for start, end in edges:
         table.add_column(f"{_short(start)}–{_short(end - 1)}", justify="right")
@@ -459,7 +461,7 @@ def needle(
             }
         )
         return
-    _stdout(no_color).print(_needle_table(cells, loaded.native_window))
+    _show(_stdout(no_color), "needle accuracy (right / trials)", _needle_table(cells, loaded.native_window))
 
 
 def _overall(trials: list[needle_lib.NeedleTrial]) -> dict[str, float]:
@@ -471,7 +473,7 @@ def _overall(trials: list[needle_lib.NeedleTrial]) -> dict[str, float]:
 
 def _needle_table(cells: list[needle_lib.NeedleCell], native: int) -> Table:
     lengths = sorted({c.length for c in cells})
-    table = Table(title="needle accuracy (right / trials)", title_justify="left")
+    table = Table()
     table.add_column("cache")
     table.add_column("depth", justify="right")
     for length in lengths:
@@ -579,15 +581,15 @@ def spectrum(
             }
         )
         return
-    _stdout(no_color).print(_spectrum_table(layers, policy.ratio, document.name, len(ids)))
-
-
-def _spectrum_table(layers: list[spectrum_lib.LayerSpectrum], ratio: float, name: str, tokens: int) -> Table:
-    table = Table(
-        title=f"DCT energy along the sequence · {name}, {format_count(tokens)} tokens "
-        f"(share in the lowest coefficients; error = energy lost at ratio {ratio:g})",
-        title_justify="left",
+    title = (
+        f"DCT energy along the sequence · {document.name}, {format_count(len(ids))} tokens "
+        f"(share in the lowest coefficients; error: energy lost at ratio {policy.ratio:g})"
     )
+    _show(_stdout(no_color), title, _spectrum_table(layers))
+
+
+def _spectrum_table(layers: list[spectrum_lib.LayerSpectrum]) -> Table:
+    table = Table()
     table.add_column("layer", justify="right")
     for kind in ("K", "V"):
         for fraction in spectrum_lib.FRACTIONS:
