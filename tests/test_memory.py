@@ -15,15 +15,6 @@ N = 64
 TOKENS = 20 * N
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other tests for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def token_ids(count: int = TOKENS, seed: int = 5) -> list[int]:
     return torch.randint(0, 211, (count,), generator=torch.Generator().manual_seed(seed)).tolist()
 
