@@ -75,14 +75,6 @@ def test_permission_denied_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     fails(InputError, str(path), "permission denied")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can read a chmod 000 file")
-def test_permission_denied_real(tmp_path: Path) -> None:
-    path = tmp_path / "secret.txt"
-    path.write_text("hello")
-    path.chmod(0)
-    fails(InputError, str(path), "permission denied")
-
-
 @pytest.mark.parametrize(
     ("name", "fragment"), [("empty.txt", "the file is empty"), ("whitespace-only.txt", "only whitespace")]
 )

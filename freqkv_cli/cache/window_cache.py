@@ -57,9 +57,10 @@ class WindowLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def _grow(self, needed: int) -> None:
-        slots = self.keys.shape[-2]
-        while slots < needed:
-            slots *= 2
+        # Grow by a quarter (in 1024-slot steps), not by doubling: the old and new buffers
+        # coexist during the copy, and doubling a 16 GiB cache peaked at 48 GiB on the GPU.
+        slots = max(needed, self.keys.shape[-2] * 5 // 4)
+        slots = -(-slots // 1024) * 1024
         for name in ("keys", "values"):
             old = getattr(self, name)
             new = old.new_empty((*old.shape[:2], slots, old.shape[-1]))
@@ -183,10 +184,12 @@ class WindowedCache(Cache):
             raise RuntimeError("the full policy never compresses")
         if self.length != self.policy.window:
             raise RuntimeError(f"compress() needs a full window ({self.length} of {self.policy.window} held)")
+        device = self.layers[0].keys.device
+        if device.type == "cuda":  # time this round only, not the forward still queued before it
+            torch.cuda.synchronize(device)
         started = time.perf_counter()
         head, recent = self.head, self.policy.recent
         span, kept = self.policy.span(head), self.policy.kept(head)
-        device = self.layers[0].keys.device
         # Layers go in batches (layers, batch, heads, seq, head_dim): fewer kernel launches on
         # GPUs, with bounded float32 scratch; on CPUs one layer at a time measured fastest.
         group = 1 if device.type == "cpu" else 4

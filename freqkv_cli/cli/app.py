@@ -21,13 +21,14 @@ from ..errors import (
 )
 from .commands.chat import chat
 from .commands.count import count
+from .commands.evaluate import eval_app, spectrum
 from .commands.info import info
 from .commands.qa import qa
 from .commands.summarize import summarize
 
 EPILOG = (
     "Exit codes: 0 ok · 1 internal error · 2 usage · 3 unreadable input · 4 model · 5 out of memory · "
-    "130 interrupted. Set FREQKV_DEBUG=1 for tracebacks."
+    "130 interrupted. FREQKV_DEBUG=1 shows tracebacks; FREQKV_THREADS=N sets CPU threads."
 )
 
 app = typer.Typer(
@@ -40,8 +41,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (summarize, qa, chat, count, info):
+for command in (summarize, qa, chat, count, info, spectrum):
     app.command(epilog=EPILOG)(command)
+for registered in eval_app.registered_commands:
+    registered.epilog = EPILOG
+app.add_typer(eval_app, name="eval")
 
 
 def _fail(message: str, code: int) -> int:
@@ -51,6 +55,11 @@ def _fail(message: str, code: int) -> int:
 
 def _quiet_libraries() -> None:
     """Library chatter (progress bars, advice) would mix with our stderr readouts."""
+    threads = os.environ.get("FREQKV_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:  # e.g. 1 on a busy machine
+        import torch
+
+        torch.set_num_threads(int(threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
     from transformers.utils import logging as hf_logging

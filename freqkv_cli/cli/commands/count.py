@@ -9,11 +9,14 @@ from typing import Annotated
 
 import typer
 
+from ...models.fast_tokenizer import count_tokens
 from ...models.tokenizer import load_tokenizer
 from ...sizes import format_count
 from .. import options as o
 from ..readout import Readout
 from ..running import open_input
+
+FAST_COUNT_FROM = 1_000_000  # characters: below this the fast tokenizer's build time is not repaid
 
 
 def count(
@@ -40,10 +43,13 @@ def count(
     started = time.perf_counter()
     document = open_input(path, password, pages)
     tokenizer = load_tokenizer(model, base=base)
-    chars = tokens = 0
-    for page in document.pages():
-        chars += len(page.text)
-        tokens += len(tokenizer(page.text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+    texts = [page.text for page in document.pages()]
+    chars = sum(len(text) for text in texts)
+    if chars > FAST_COUNT_FROM:
+        # tiktoken twin of the model's BPE: identical ids (verified), ~4x faster, ~1 s to build.
+        tokens = count_tokens(texts, tokenizer)
+    else:
+        tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)  # type: ignore[operator]
     for warning in document.warnings:
         readout.warn(f"{document.name}: {warning}")
     data = {
