@@ -104,3 +104,18 @@ def test_streaming_generator_input_equals_list_input() -> None:
     pieces = (ids[i : i + 17] for i in range(0, len(ids), 17))
     b = StreamingEngine(model, policy).feed(pieces)
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_stream_tracks_the_float32_reference(dtype: torch.dtype) -> None:
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)  # sharp logits, so a wrong cache would show in the loss
+    ids = torch.randint(0, 211, (300,), generator=torch.Generator().manual_seed(6)).tolist()
+    want = reference_nll(ReferenceFreqKV(model, 64, 4, 4, 0.5), ids)
+    engine = StreamingEngine(model.to(dtype), CachePolicy(window=64, sink=4, recent=4))
+    got = engine.score(ids)
+    assert engine.cache.layers[0].keys.dtype == dtype and engine.stats().compressions >= 5
+    assert want.std() > 0.5  # the losses vary: the comparison below is not trivially satisfied
+    relative = (got - want).norm() / want.norm()
+    assert relative < 0.03, float(relative)

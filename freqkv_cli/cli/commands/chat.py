@@ -95,7 +95,10 @@ def chat(
         if stop():
             raise Interrupted("interrupted while reading")
     if interactive:
-        readout.info(f"freqkv chat · {loaded.name} · {HELP_TEXT}")
+        policy = session.engine.policy
+        room = "no limit" if session.ctx is None else f"up to {session.ctx:,} tokens"
+        cache = "full cache" if policy.kind == "full" else f"a {policy.window:,}-entry {policy.kind} window"
+        readout.info(f"freqkv chat · {loaded.name} · {room} in {cache} · {HELP_TEXT}")
     while True:
         try:
             line = input("> " if interactive else "")
