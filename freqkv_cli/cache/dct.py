@@ -105,26 +105,42 @@ def lowpass_matrix(n: int, kept: int, device: torch.device | str = "cpu") -> tor
     return matrix.to(device=device, dtype=torch.float32)
 
 
-def lowpass_matmul(x: torch.Tensor, kept: int, dim: int = -2) -> torch.Tensor:
-    """Compress ``n`` positions of ``x`` along ``dim`` to ``kept`` with one cached matmul."""
+def lowpass_matmul(x: torch.Tensor, kept: int, dim: int = -2, tf32: bool = False) -> torch.Tensor:
+    """Compress ``n`` positions of ``x`` along ``dim`` to ``kept`` with one cached matmul.
+
+    ``tf32`` lets CUDA run this one float32 matmul on tensor cores. Meant for 16-bit caches:
+    their values are exact in TF32 and the result is rounded to 16 bits again, so the
+    operator's TF32 error (~3e-4 relative) stays under the storage rounding (~4e-3 for bf16).
+    """
     n = x.shape[dim]
     matrix = lowpass_matrix(n, kept, x.device)
     x32 = x.to(torch.float32).movedim(dim, -2)
-    return (matrix @ x32).movedim(-2, dim).to(x.dtype)
+    if not (tf32 and x.device.type == "cuda"):
+        return (matrix @ x32).movedim(-2, dim).to(x.dtype)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # only around this matmul: RoPE must stay float32
+    try:
+        out = matrix @ x32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    return out.movedim(-2, dim).to(x.dtype)
 
 
-def lowpass(x: torch.Tensor, kept: int, dim: int = -2, method: str = "auto") -> torch.Tensor:
+def lowpass(
+    x: torch.Tensor, kept: int, dim: int = -2, method: str = "auto", tf32: bool = False
+) -> torch.Tensor:
     """Keep the ``kept`` lowest DCT frequencies of ``x`` along ``dim``, rescaled by ``sqrt(kept/n)``.
 
     ``x``: any shape, e.g. ``(batch, heads, n, head_dim)`` with ``dim=-2``.
     Returns the same shape with ``n`` replaced by ``kept``, in ``x.dtype``.
     ``method``: ``"fft"``, ``"matrix"`` or ``"auto"`` (matrix on accelerators, FFT on CPU:
-    see benchmarks/bench_dct.py for the measurement behind the choice).
+    see docs/BENCHMARKS.md for the measurement behind the choice). ``tf32``: see
+    :func:`lowpass_matmul`.
     """
     if method == "auto":
         method = "fft" if x.device.type == "cpu" else "matrix"
     if method == "fft":
         return lowpass_fft(x, kept, dim)
     if method == "matrix":
-        return lowpass_matmul(x, kept, dim)
+        return lowpass_matmul(x, kept, dim, tf32=tf32)
     raise ValueError(f"unknown lowpass method {method!r}: use 'fft', 'matrix' or 'auto'")
