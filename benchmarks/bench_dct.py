@@ -72,12 +72,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(fn, inputs: list[torch.Tensor], device: torch.device, min_seconds: float, max_reps: int) -> list[float]:
+def time_calls(
+    fn,
+    inputs: list[torch.Tensor],
+    device: torch.device,
+    min_seconds: float,
+    max_reps: int,
+    min_reps: int,
+    clock: str = "wall",
+) -> list[float]:
     """Per-call seconds; warm-up excluded. Rotates over ``inputs``."""
     times: list[float] = []
     total = 0.0
     i = 0
-    while (total < min_seconds or len(times) < 5) and len(times) < max_reps:
+    while (total < min_seconds or len(times) < min_reps) and len(times) < max_reps:
         x = inputs[i % len(inputs)]
         i += 1
         if device.type == "cuda":
@@ -87,6 +95,10 @@ def time_calls(fn, inputs: list[torch.Tensor], device: torch.device, min_seconds
             end.record()
             end.synchronize()
             seconds = start.elapsed_time(end) / 1000
+        elif clock == "cpu":  # CPU seconds of this process: robust to other processes' load
+            t0 = time.process_time()
+            fn(x)
+            seconds = time.process_time() - t0
         else:
             t0 = time.perf_counter()
             fn(x)
@@ -115,6 +127,7 @@ def bench_one(device: torch.device, name: str, n: int, args: argparse.Namespace)
         "matrix": lambda x: dct.lowpass_matmul(x, kept, -2),
     }
     if device.type == "cuda":
+
         def tf32(x: torch.Tensor) -> torch.Tensor:
             previous = torch.backends.cuda.matmul.allow_tf32
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -122,15 +135,19 @@ def bench_one(device: torch.device, name: str, n: int, args: argparse.Namespace)
                 return dct.lowpass_matmul(x, kept, -2)
             finally:
                 torch.backends.cuda.matmul.allow_tf32 = previous
+
         methods["matrix_tf32"] = tf32
 
-    ref = reference(inputs[0][(0,) * (len(shape) - 3)][None] if len(shape) > 4 else inputs[0], kept) \
-        if args.check else None
+    ref = (
+        reference(inputs[0][(0,) * (len(shape) - 3)][None] if len(shape) > 4 else inputs[0], kept)
+        if args.check
+        else None
+    )
     for method, fn in methods.items():
         for _ in range(args.warmup):
             fn(inputs[0])
         sync(device)
-        times = time_calls(fn, inputs, device, args.min_seconds, args.max_reps)
+        times = time_calls(fn, inputs, device, args.min_seconds, args.max_reps, args.min_reps, args.clock)
         row[f"{method}_ms"] = 1000 * statistics.median(times)
         row[f"{method}_reps"] = len(times)
         row[f"{method}_spread"] = (max(times) - min(times)) / statistics.median(times)
@@ -150,7 +167,7 @@ def bench_one(device: torch.device, name: str, n: int, args: argparse.Namespace)
     return row
 
 
-def environment(devices: list[torch.device]) -> dict:
+def environment(devices: list[torch.device], clock: str) -> dict:
     env = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "host": platform.node(),
@@ -160,6 +177,7 @@ def environment(devices: list[torch.device]) -> dict:
         "torch_threads": torch.get_num_threads(),
         "loadavg": os.getloadavg(),
         "tf32_default": torch.backends.cuda.matmul.allow_tf32,
+        "cpu_clock": clock,
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -197,40 +215,75 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu + cuda if present)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu + cuda if present)"
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1020, 4092, 8188])
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--min-seconds", type=float, default=None, help="time budget per method (default cpu 2, cuda 0.5)")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        help=f"of {', '.join(SHAPES)}; default: all on cuda, all but llama-cache on cpu "
+        "(on a CPU the cache passes one layer at a time: 2x the llama shape)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="CPU timing: wall clock, or this process's CPU time (use with --threads 1 on a loaded machine)",
+    )
+    parser.add_argument("--min-reps", type=int, default=None, help="default cpu 3, cuda 5")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="warm-up calls per method (default cpu 1, cuda 2)"
+    )
+    parser.add_argument(
+        "--min-seconds", type=float, default=None, help="time budget per method (default cpu 2, cuda 0.5)"
+    )
     parser.add_argument("--max-reps", type=int, default=None, help="default cpu 15, cuda 100")
-    parser.add_argument("--no-check", dest="check", action="store_false", help="skip the float64 accuracy check")
+    parser.add_argument(
+        "--no-check", dest="check", action="store_false", help="skip the float64 accuracy check"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dct.json")
     parser.add_argument("--md", type=Path, default=ROOT / "benchmarks" / "results" / "dct.md")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     devices = [torch.device(d) for d in names]
-    env = environment(devices)
+    env = environment(devices, args.clock)
     print("bench_dct: FreqKV low-pass operator, fft vs cached matrix, float32 inputs, kept = n // 2")
     for key, value in env.items():
         print(f"  {key}: {value}")
-    print(f"  warm-up {args.warmup} calls; median of repeats over 4 rotating inputs; "
-          "host clock on cpu, CUDA events on cuda", flush=True)
+    print(
+        "  warm-up calls (cpu 1, cuda 2 unless --warmup); median of repeats over 4 rotating inputs; "
+        f"{'process CPU time' if args.clock == 'cpu' else 'host clock'} on cpu, CUDA events on cuda",
+        flush=True,
+    )
     rows: list[dict] = []
     for device in devices:
         min_s = args.min_seconds if args.min_seconds is not None else (2.0 if device.type == "cpu" else 0.5)
         reps = args.max_reps if args.max_reps is not None else (15 if device.type == "cpu" else 100)
-        local = argparse.Namespace(**{**vars(args), "min_seconds": min_s, "max_reps": reps})
-        for name in args.shapes:
+        min_reps = args.min_reps if args.min_reps is not None else (3 if device.type == "cpu" else 5)
+        warmup = args.warmup if args.warmup is not None else (1 if device.type == "cpu" else 2)
+        local = argparse.Namespace(
+            **{**vars(args), "min_seconds": min_s, "max_reps": reps, "min_reps": min_reps, "warmup": warmup}
+        )
+        shapes = args.shapes or [n for n in SHAPES if not (device.type == "cpu" and n == "llama-cache")]
+        for name in shapes:
             for n in args.sizes:
                 row = bench_one(device, name, n, local)
                 rows.append(row)
                 extra = f", tf32 {row['matrix_tf32_ms']:.3f} ms" if "matrix_tf32_ms" in row else ""
                 errs = ", ".join(f"{k[:-7]} {v:.1e}" for k, v in row.items() if k.endswith("_relerr"))
                 print(
-                    f"{device.type:4s} {name:11s} {str(tuple(row['shape'])):24s} fft {row['fft_ms']:9.3f} ms, "
-                    f"matrix {row['matrix_ms']:9.3f} ms{extra} -> {row['winner']} ({row['matrix_over_fft']:.2f}x); "
+                    f"{device.type:4s} {name:11s} {tuple(row['shape'])!s:24s} fft {row['fft_ms']:9.3f} ms, "
+                    f"matrix {row['matrix_ms']:9.3f} ms{extra} -> {row['winner']} "
+                    f"({row['matrix_over_fft']:.2f}x); "
                     f"build {row['matrix_build_s']:.2f} s; rel err vs fp64: {errs}",
                     flush=True,
                 )
@@ -245,10 +298,15 @@ def main() -> None:
     for device in sorted({r["device"] for r in rows}):
         wins = [r["winner"] for r in rows if r["device"] == device]
         fft_wins = wins.count("fft")
-        verdict = "confirmed" if all(w == auto.get(device) for w in wins) else (
-            "refuted" if all(w != auto.get(device) for w in wins) else "mixed")
-        print(f"{device}: fft wins {fft_wins} of {len(wins)} cases; the library's auto choice "
-              f"'{auto.get(device)}' is {verdict}")
+        verdict = (
+            "confirmed"
+            if all(w == auto.get(device) for w in wins)
+            else ("refuted" if all(w != auto.get(device) for w in wins) else "mixed")
+        )
+        print(
+            f"{device}: fft wins {fft_wins} of {len(wins)} cases; the library's auto choice "
+            f"'{auto.get(device)}' is {verdict}"
+        )
     print(f"written: {args.out} and {args.md}")
 
 

@@ -61,10 +61,24 @@ def log(message: str = "") -> None:
 # -- setup ---------------------------------------------------------------------------------
 def make_config(tiny: bool) -> LlamaConfig:
     if tiny:
-        return LlamaConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                           intermediate_size=688, vocab_size=32000, max_position_embeddings=4096)
-    return LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                       intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096)
+        return LlamaConfig(
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=688,
+            vocab_size=32000,
+            max_position_embeddings=4096,
+        )
+    return LlamaConfig(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        intermediate_size=11008,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    )
 
 
 def build_model(config: LlamaConfig, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
@@ -166,8 +180,12 @@ def decode_steps(step, first_token: int, count: int, device: torch.device) -> tu
 
 def run_engine(model, policy: CachePolicy, tokens: int, args, dense: int, ceiling: float) -> dict:
     device = model.device
-    row: dict = {"impl": "freqkv_cli", "kind": policy.kind, "window": None if policy.kind == "full" else policy.window,
-                 "tokens": tokens}
+    row: dict = {
+        "impl": "freqkv_cli",
+        "kind": policy.kind,
+        "window": None if policy.kind == "full" else policy.window,
+        "tokens": tokens,
+    }
     ids = random_ids(tokens + 1, model.config.vocab_size, seed=tokens)
     engine = None
     try:
@@ -183,10 +201,16 @@ def run_engine(model, policy: CachePolicy, tokens: int, args, dense: int, ceilin
         sync(device)
         prefill_s = time.perf_counter() - t0
         stats = engine.stats()
-        row.update(prefill_s=prefill_s, prefill_tok_s=tokens / prefill_s, entries=stats.entries,
-                   compressions=stats.compressions, compress_s=stats.compress_seconds,
-                   compress_share=stats.compress_seconds / prefill_s, kv_bytes=stats.kv_bytes,
-                   kv_reserved_bytes=stats.kv_reserved_bytes)
+        row.update(
+            prefill_s=prefill_s,
+            prefill_tok_s=tokens / prefill_s,
+            entries=stats.entries,
+            compressions=stats.compressions,
+            compress_s=stats.compress_seconds,
+            compress_share=stats.compress_seconds / prefill_s,
+            kv_bytes=stats.kv_bytes,
+            kv_reserved_bytes=stats.kv_reserved_bytes,
+        )
         if device.type == "cuda":
             row["peak_prefill_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             row["peak_over_weights_gib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
@@ -198,13 +222,21 @@ def run_engine(model, policy: CachePolicy, tokens: int, args, dense: int, ceilin
         row["attn_share_of_flop"] = flops_attn / (flops_dense + flops_attn)
         row["achieved_tflop_s"] = row["tflop"] / prefill_s
         row["mfu"] = row["achieved_tflop_s"] / ceiling if ceiling == ceiling else float("nan")
-        row["mfu_excl_compress"] = row["tflop"] / max(prefill_s - stats.compress_seconds, 1e-9) / ceiling \
-            if ceiling == ceiling else float("nan")
+        row["mfu_excl_compress"] = (
+            row["tflop"] / max(prefill_s - stats.compress_seconds, 1e-9) / ceiling
+            if ceiling == ceiling
+            else float("nan")
+        )
         # decode: single-token feeds (public API), median; then generate() for the mean
         first = int(torch.argmax(logits[-1]))
         times, _ = decode_steps(lambda t: engine.feed([t]), first, args.decode, device)
         row["decode_ms_median"] = 1000 * statistics.median(times)
         row["decode_ms_max"] = 1000 * max(times)
+        row["decode_ms_all"] = [round(1000 * t, 2) for t in times]
+        if args.profile_decode and tokens in args.profile_decode:
+            row["decode_profile"] = profile_decode(
+                lambda t: engine.feed([t]), first, device, f"{policy.kind} {tokens}"
+            )
         sync(device)
         t0 = time.perf_counter()
         result = engine.generate(max_new_tokens=args.decode)
@@ -262,6 +294,11 @@ def run_stock(model, tokens: int, args, dense: int, ceiling: float) -> dict:
         times, _ = decode_steps(step, int(torch.argmax(logits[-1])), args.decode, device)
         row["decode_ms_median"] = 1000 * statistics.median(times)
         row["decode_ms_max"] = 1000 * max(times)
+        row["decode_ms_all"] = [round(1000 * t, 2) for t in times]
+        if args.profile_decode and tokens in args.profile_decode:
+            row["decode_profile"] = profile_decode(
+                step, int(torch.argmax(logits[-1])), device, f"stock {tokens}"
+            )
         if device.type == "cuda":
             row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     except torch.OutOfMemoryError as exc:
@@ -275,6 +312,158 @@ def run_stock(model, tokens: int, args, dense: int, ceiling: float) -> dict:
     return row
 
 
+def profile_decode(step, first_token: int, device: torch.device, label: str, steps: int = 4) -> dict:
+    """Wall time vs GPU kernel time of a few decode steps (torch.profiler); top ops to the log."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        decode_steps(step, first_token, steps, device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    from torch.autograd import DeviceType
+
+    # kernels only (operator rows also carry their kernels' time: summing all would count it twice)
+    gpu_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+    out = {
+        "steps": steps,
+        "wall_ms_per_step": 1000 * wall / steps,
+        "gpu_kernel_ms_per_step": gpu_us / 1000 / steps,
+    }
+    PROFILES.append(f"== decode profile: {label}: {out}")
+    PROFILES.append(events.table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
+    if device.type == "cuda":
+        PROFILES.append(events.table(sort_by="self_cuda_time_total", row_limit=8, max_name_column_width=60))
+    log(
+        f"decode profile {label}: {out['wall_ms_per_step']:.1f} ms wall per step (profiled), "
+        f"{out['gpu_kernel_ms_per_step']:.1f} ms of GPU kernels per step"
+    )
+    return out
+
+
+PROFILES: list[str] = []
+SYNCED_COMPRESS = {"on": False}
+
+
+def install_compress_sync() -> None:
+    """Make ``compress_seconds`` honest on CUDA: wait for the queued forward before starting the clock.
+
+    Before commit 3786405, ``WindowedCache.compress`` started its timer without synchronising,
+    so on a GPU it also counted the tail of the previous (asynchronous) forward call. This
+    wrapper synchronises first; with a newer library it is a harmless second synchronise.
+    """
+    from freqkv_cli.cache import window_cache
+
+    original = window_cache.WindowedCache.compress
+    if getattr(original, "_synced", False):
+        return
+
+    def compress(self) -> None:
+        device = self.layers[0].keys.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        original(self)
+
+    compress._synced = True  # type: ignore[attr-defined]
+    window_cache.WindowedCache.compress = compress
+    SYNCED_COMPRESS["on"] = True
+
+
+def install_lowpass_variant(name: str):
+    """Swap the matrix path of the operator for a variant; returns an undo function.
+
+    ``matrix``: the library as it is (since commit 20f28bc: TF32 for 16-bit caches on CUDA);
+    ``matrix_fp32``: a plain float32 matmul (the library before 20f28bc); ``matrix_tf32``: TF32
+    allowed around this matmul only; ``matrix_bf16``: bf16 operands on the tensor cores,
+    float32 accumulation. (``fft`` needs no patch: pass lowpass_method='fft'.)
+    Works with the library's ``lowpass_matmul(x, kept, dim)`` with or without its ``tf32`` argument.
+    """
+    import inspect
+
+    from freqkv_cli.cache import dct
+
+    original = dct.lowpass_matmul
+    if name in ("matrix", "fft"):
+        return lambda: None
+    has_flag = "tf32" in inspect.signature(original).parameters
+
+    def plain(x: torch.Tensor, kept: int, dim: int = -2, **_: object) -> torch.Tensor:
+        return original(x, kept, dim, tf32=False) if has_flag else original(x, kept, dim)
+
+    def tf32(x: torch.Tensor, kept: int, dim: int = -2, **_: object) -> torch.Tensor:
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return plain(x, kept, dim)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+
+    def bf16(x: torch.Tensor, kept: int, dim: int = -2, **_: object) -> torch.Tensor:
+        n = x.shape[dim]
+        matrix = dct.lowpass_matrix(n, kept, x.device).to(torch.bfloat16)
+        xb = x.to(torch.bfloat16).movedim(dim, -2)
+        return (matrix @ xb).float().movedim(-2, dim).to(x.dtype)
+
+    dct.lowpass_matmul = {"matrix_fp32": plain, "matrix_tf32": tf32, "matrix_bf16": bf16}[name]
+
+    def undo() -> None:
+        dct.lowpass_matmul = original
+
+    return undo
+
+
+@torch.inference_mode()
+def compression_accuracy(model, args, method: str) -> float:
+    """Layer-0 keys after one compression round vs a float64 evaluation of the same round."""
+    from freqkv_cli.cache import dct
+    from freqkv_cli.cache.rotary import KeyRotation
+
+    policy = CachePolicy(kind="freqkv", window=args.window, sink=4, ratio=0.5)
+    engine = StreamingEngine(model, policy, max_chunk=args.max_chunk, lowpass_method=method)
+    engine.feed(random_ids(args.window, model.config.vocab_size, seed=8))
+    cache = engine.cache
+    head, span, kept = cache.head, policy.span(cache.head), policy.kept(cache.head)
+    before = cache.layers[0].keys[:, :, head : head + span].double().cpu()
+    cache.compress()
+    after = cache.layers[0].keys[:, :, head : head + kept]
+    rot = KeyRotation(_cpu_rotary(model))
+    pre = rot.unrotate(before, torch.arange(head, head + span)).movedim(-2, -1)
+    low = (dct.idct_ortho(dct.dct_ortho(pre, dim=-1, keep=kept), dim=-1) * math.sqrt(kept / span)).movedim(
+        -1, -2
+    )
+    err = rel(after, rot.rotate(low, torch.arange(head, head + kept)))
+    del engine, cache
+    return err
+
+
+def run_variants(model, args, dense: int, ceiling: float) -> list[dict]:
+    rows = []
+    for name in args.variants:
+        undo = install_lowpass_variant(name)
+        method = "fft" if name == "fft" else "matrix"
+        try:
+            accuracy = compression_accuracy(model, args, method)
+            for tokens in args.variant_lengths:
+                started = time.perf_counter()
+                row = run_engine(
+                    model,
+                    CachePolicy(kind="freqkv", window=args.window, sink=4, ratio=0.5),
+                    tokens,
+                    argparse.Namespace(**{**vars(args), "lowpass": method, "profile_decode": None}),
+                    dense,
+                    ceiling,
+                )
+                row["impl"] = f"variant:{name}"
+                row["compressed_keys_relerr"] = accuracy
+                rows.append(row)
+                log(describe(row, time.perf_counter() - started) + f"; layer-0 keys vs fp64 {accuracy:.2e}")
+        finally:
+            undo()
+    return rows
+
+
 # -- correctness ----------------------------------------------------------------------------
 @torch.inference_mode()
 def checks(model, args) -> dict:
@@ -285,8 +474,12 @@ def checks(model, args) -> dict:
     ids = random_ids(short, model.config.vocab_size, seed=7)
     logits = {}
     for kind in ("freqkv", "full"):
-        engine = StreamingEngine(model, CachePolicy(kind=kind, window=window, sink=4, ratio=0.5),
-                                 max_chunk=args.max_chunk, lowpass_method=args.lowpass)
+        engine = StreamingEngine(
+            model,
+            CachePolicy(kind=kind, window=window, sink=4, ratio=0.5),
+            max_chunk=args.max_chunk,
+            lowpass_method=args.lowpass,
+        )
         logits[kind] = engine.feed(ids)[-1]
         del engine
     hidden = model.model(input_ids=torch.tensor([ids], device=device)).last_hidden_state
@@ -294,9 +487,11 @@ def checks(model, args) -> dict:
     out["freqkv_vs_full_relerr"] = rel(logits["freqkv"], logits["full"])
     out["full_vs_stock_relerr"] = rel(logits["full"], logits["stock"])
     out["argmax_agree"] = int(torch.argmax(logits["freqkv"])) == int(torch.argmax(logits["stock"]))
-    log(f"check, {short} tokens < window {window} (no compression): freqkv vs full logits rel err "
+    log(
+        f"check, {short} tokens < window {window} (no compression): freqkv vs full logits rel err "
         f"{out['freqkv_vs_full_relerr']:.2e}; full (chunks of {args.max_chunk}) vs stock one-shot forward "
-        f"{out['full_vs_stock_relerr']:.2e}; argmax agree: {out['argmax_agree']}")
+        f"{out['full_vs_stock_relerr']:.2e}; argmax agree: {out['argmax_agree']}"
+    )
 
     # Batched compression (GPU groups 4 layers per call) vs one layer at a time, same input.
     policy = CachePolicy(kind="freqkv", window=window, sink=4, ratio=0.5)
@@ -305,9 +500,11 @@ def checks(model, args) -> dict:
     cache = engine.cache
     saved = [(layer.keys.clone(), layer.values.clone(), layer.length) for layer in cache.layers]
     cache.compress()
-    grouped = [(layer.keys[:, :, : layer.length].clone(), layer.values[:, :, : layer.length].clone())
-               for layer in cache.layers]
-    for layer, (k, v, length) in zip(cache.layers, saved):
+    grouped = [
+        (layer.keys[:, :, : layer.length].clone(), layer.values[:, :, : layer.length].clone())
+        for layer in cache.layers
+    ]
+    for layer, (k, v, length) in zip(cache.layers, saved, strict=False):
         layer.keys.copy_(k)
         layer.values.copy_(v)
         layer.length = length
@@ -315,7 +512,7 @@ def checks(model, args) -> dict:
     for layer in cache.layers:
         cache._compress_layers([layer], head, span, kept, policy.recent)
     errs = []
-    for layer, (k, v) in zip(cache.layers, grouped):
+    for layer, (k, v) in zip(cache.layers, grouped, strict=False):
         errs.append(rel(k, layer.keys[:, :, : layer.length]))
         errs.append(rel(v, layer.values[:, :, : layer.length]))
     out["grouped_vs_single_layer_max_relerr"] = max(errs)
@@ -328,12 +525,16 @@ def checks(model, args) -> dict:
     pos_old = torch.arange(head, head + span)
     pos_new = torch.arange(head, head + kept)
     pre = rot_cpu.unrotate(k0, pos_old).movedim(-2, -1)
-    low = (dct.idct_ortho(dct.dct_ortho(pre, dim=-1, keep=kept), dim=-1) * math.sqrt(kept / span)).movedim(-1, -2)
+    low = (dct.idct_ortho(dct.dct_ortho(pre, dim=-1, keep=kept), dim=-1) * math.sqrt(kept / span)).movedim(
+        -1, -2
+    )
     ref = rot_cpu.rotate(low, pos_new)
     out["compressed_keys_vs_fp64_relerr"] = rel(grouped[0][0][:, :, head : head + kept], ref)
-    log(f"check, compression at window {window}: batched (GPU path) vs per-layer max rel err "
+    log(
+        f"check, compression at window {window}: batched (GPU path) vs per-layer max rel err "
         f"{out['grouped_vs_single_layer_max_relerr']:.2e}; layer-0 keys vs float64 reference "
-        f"{out['compressed_keys_vs_fp64_relerr']:.2e} (bf16 storage: expect ~1e-3..1e-2)")
+        f"{out['compressed_keys_vs_fp64_relerr']:.2e} (bf16 storage: expect ~1e-3..1e-2)"
+    )
     del engine, cache, saved, grouped
 
     # Past the window: compression happens; logits must stay finite.
@@ -344,15 +545,21 @@ def checks(model, args) -> dict:
     lf = full.feed(long_ids)
     out["past_window_finite"] = bool(torch.isfinite(lg).all())
     out["past_window_vs_full_relerr"] = rel(lg[-1], lf[-1])
-    log(f"check, {len(long_ids)} tokens > window: freqkv logits finite: {out['past_window_finite']}; "
-        f"vs full rel err {out['past_window_vs_full_relerr']:.2e} (expected > 0: the cache is compressed)")
+    log(
+        f"check, {len(long_ids)} tokens > window: freqkv logits finite: {out['past_window_finite']}; "
+        f"vs full rel err {out['past_window_vs_full_relerr']:.2e} (expected > 0: the cache is compressed)"
+    )
     del engine, full
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    out["passed"] = (out["freqkv_vs_full_relerr"] < 1e-3 and out["full_vs_stock_relerr"] < 5e-2
-                     and out["grouped_vs_single_layer_max_relerr"] < 1e-2
-                     and out["compressed_keys_vs_fp64_relerr"] < 2e-2 and out["past_window_finite"])
+    out["passed"] = (
+        out["freqkv_vs_full_relerr"] < 1e-3
+        and out["full_vs_stock_relerr"] < 5e-2
+        and out["grouped_vs_single_layer_max_relerr"] < 1e-2
+        and out["compressed_keys_vs_fp64_relerr"] < 2e-2
+        and out["past_window_finite"]
+    )
     return out
 
 
@@ -371,15 +578,18 @@ def fmt(value, spec: str, missing: str = "-") -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    stock = {r["tokens"]: r for r in rows if r["impl"] == "stock" and "error" not in r}
-    full = {r["tokens"]: r for r in rows if r["impl"] != "stock" and r["kind"] == "full" and "error" not in r}
+    stock = {r["tokens"]: r for r in rows if r["impl"] == "stock" and "prefill_tok_s" in r}
+    full = {
+        r["tokens"]: r for r in rows if r["impl"] != "stock" and r["kind"] == "full" and "prefill_tok_s" in r
+    }
     lines = [
-        "| impl | policy | tokens | prefill tok/s | vs stock | vs full | peak GiB | compress share | MFU | decode ms/tok |",
+        "| impl | policy | tokens | prefill tok/s | vs stock | vs full | peak GiB | compress share | MFU "
+        "| decode ms/tok |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         name = r["kind"] + (f" w{r['window']}" if r.get("window") else "")
-        if "error" in r:
+        if "error" in r and "prefill_tok_s" not in r:
             lines.append(f"| {r['impl']} | {name} | {r['tokens']} | {r['error'][:40]} | | | | | | |")
             continue
         s, f = stock.get(r["tokens"]), full.get(r["tokens"])
@@ -387,14 +597,18 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['impl']} | {name} | {r['tokens']} | {r['prefill_tok_s']:.0f} | "
             f"{fmt(s and r['prefill_tok_s'] / s['prefill_tok_s'], '.2f')}x | "
             f"{fmt(f and r['prefill_tok_s'] / f['prefill_tok_s'], '.2f')}x | "
-            f"{fmt(r.get('peak_gib'), '.1f')} | {fmt(r.get('compress_share') and 100 * r['compress_share'], '.1f')}% | "
-            f"{fmt(r.get('mfu') and 100 * r['mfu'], '.0f')}% | {r['decode_ms_median']:.1f} |"
+            f"{fmt(r.get('peak_gib', r.get('peak_prefill_gib')), '.1f')} | "
+            f"{fmt(r.get('compress_share') and 100 * r['compress_share'], '.1f')}% | "
+            f"{fmt(r.get('mfu') and 100 * r['mfu'], '.0f')}% | "
+            + (f"{r['decode_ms_median']:.1f} |" if "decode_ms_median" in r else f"{r['error'][:24]} |")
         )
     return re.sub(r"\| -[x%] (?=\|)", "| - ", "\n".join(lines)) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a 4-layer model, for a smoke test anywhere")
     parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072])
@@ -405,7 +619,37 @@ def main() -> None:
     parser.add_argument("--lowpass", default="auto", help="lowpass method for freqkv: auto, fft, matrix")
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--skip-checks", action="store_true")
-    parser.add_argument("--out-dir", type=Path, default=Path(os.environ.get("OUT", ROOT / "benchmarks" / "results")))
+    parser.add_argument(
+        "--no-sync-fix",
+        action="store_true",
+        help="time compress() as the library does (without a synchronize before its clock)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help="freqkv operator variants to time end to end: fft matrix matrix_fp32 matrix_tf32 matrix_bf16",
+    )
+    parser.add_argument("--variant-lengths", type=int, nargs="+", default=[32768])
+    parser.add_argument(
+        "--profile-decode",
+        type=int,
+        nargs="*",
+        default=None,
+        help="lengths at which to profile 4 decode steps (torch.profiler)",
+    )
+    parser.add_argument("--skip-main", action="store_true", help="only checks, ceiling and variants")
+    parser.add_argument(
+        "--sdpa",
+        default="default",
+        choices=["default", "no-cudnn"],
+        help="no-cudnn: run everything inside sdpa_kernel([flash, efficient, math]), i.e. without "
+        "cuDNN attention, which rebuilds a plan for every new key length (slow decode). Since commit "
+        "3786405 the engine itself avoids cuDNN for calls of 16 tokens or fewer",
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path(os.environ.get("OUT", ROOT / "benchmarks" / "results"))
+    )
     parser.add_argument("--tag", default="gpu")
     args = parser.parse_args()
 
@@ -439,9 +683,28 @@ def main() -> None:
     log("bench_gpu: Llama-2-7B-shaped model, random weights, streaming through freqkv_cli caches")
     for key, value in env.items():
         log(f"  {key}: {value}")
-    log(f"  settings: window {args.window}, sink 4, recent 0, ratio 0.5, max_chunk {args.max_chunk}, "
-        f"lowpass {args.lowpass}, decode {args.decode} greedy tokens, sdpa attention")
+    log(
+        f"  settings: window {args.window}, sink 4, recent 0, ratio 0.5, max_chunk {args.max_chunk}, "
+        f"lowpass {args.lowpass}, decode {args.decode} greedy tokens, sdpa attention"
+    )
 
+    if not args.no_sync_fix:
+        install_compress_sync()
+    if args.sdpa == "no-cudnn":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        sdpa_context = sdpa_kernel(backends)
+        sdpa_context.__enter__()  # for the whole run; the process ends after main()
+    log(f"  sdpa backends: {args.sdpa}")
+    log(
+        "  compress timing: "
+        + (
+            "synchronised before the clock starts (bench fix)"
+            if SYNCED_COMPRESS["on"]
+            else "as the library does"
+        )
+    )
     torch.manual_seed(0)
     t0 = time.perf_counter()
     config = make_config(args.tiny)
@@ -452,9 +715,15 @@ def main() -> None:
     env["params"] = total
     env["dense_params"] = dense
     env["build_s"] = time.perf_counter() - t0
-    log(f"  model: {total / 1e9:.2f} B parameters ({dense / 1e9:.2f} B in matmuls per token), built in "
-        f"{env['build_s']:.1f} s" + (f", {torch.cuda.memory_allocated(device) / 2**30:.1f} GiB on the GPU"
-                                     if device.type == "cuda" else ""))
+    log(
+        f"  model: {total / 1e9:.2f} B parameters ({dense / 1e9:.2f} B in matmuls per token), built in "
+        f"{env['build_s']:.1f} s"
+        + (
+            f", {torch.cuda.memory_allocated(device) / 2**30:.1f} GiB on the GPU"
+            if device.type == "cuda"
+            else ""
+        )
+    )
 
     result: dict = {"environment": env, "checks": None, "rows": []}
     out_json = args.out_dir / f"{args.tag}.json"
@@ -476,20 +745,31 @@ def main() -> None:
 
     # warm-up: one short run so kernels, cuBLAS handles and the DCT matrix are ready
     for kind in args.kinds:
-        run_engine(model, CachePolicy(kind=kind, window=args.window, sink=4, ratio=0.5),
-                   min(args.window + 2048, max(args.lengths)), argparse.Namespace(**{**vars(args), "decode": 2}),
-                   dense, ceiling)
-    run_stock(model, min(4096, max(args.lengths)), argparse.Namespace(**{**vars(args), "decode": 2}), dense, ceiling)
+        run_engine(
+            model,
+            CachePolicy(kind=kind, window=args.window, sink=4, ratio=0.5),
+            min(args.window + 2048, max(args.lengths)),
+            argparse.Namespace(**{**vars(args), "decode": 2, "profile_decode": None}),
+            dense,
+            ceiling,
+        )
+    warm = argparse.Namespace(**{**vars(args), "decode": 2, "profile_decode": None})
+    run_stock(model, min(4096, max(args.lengths)), warm, dense, ceiling)
 
-    for tokens in args.lengths:
+    for tokens in [] if args.skip_main else args.lengths:
         for kind in args.kinds:
             policy = CachePolicy(kind=kind, window=args.window, sink=4, ratio=0.5)
             started = time.perf_counter()
             try:
                 row = run_engine(model, policy, tokens, args, dense, ceiling)
             except Exception as exc:  # keep going: report what broke
-                row = {"impl": "freqkv_cli", "kind": kind, "window": args.window, "tokens": tokens,
-                       "error": f"{type(exc).__name__}: {exc}"[:200]}
+                row = {
+                    "impl": "freqkv_cli",
+                    "kind": kind,
+                    "window": args.window,
+                    "tokens": tokens,
+                    "error": f"{type(exc).__name__}: {exc}"[:200],
+                }
                 log(traceback.format_exc())
             result["rows"].append(row)
             log(describe(row, time.perf_counter() - started))
@@ -501,7 +781,14 @@ def main() -> None:
             log(describe(row, time.perf_counter() - started))
             save()
 
-    table = markdown(result["rows"])
+    if args.variants:
+        log(f"freqkv operator variants, window {args.window}:")
+        result["variants"] = run_variants(model, args, dense, ceiling)
+        save()
+    if PROFILES:
+        (args.out_dir / f"{args.tag}_decode_profile.txt").write_text("\n".join(PROFILES) + "\n")
+
+    table = markdown(result["rows"] + result.get("variants", []))
     (args.out_dir / f"{args.tag}.md").write_text(table)
     log("")
     log(table)
@@ -510,16 +797,26 @@ def main() -> None:
 
 def describe(row: dict, wall: float) -> str:
     name = f"{row['impl']:10s} {row['kind']:12s} {row['tokens']:>7}"
-    if "error" in row:
+    if "error" in row and "prefill_tok_s" not in row:
         return f"{name}: {row['error']}  [{wall:.0f} s]"
+    if "error" in row:  # the prefill finished, what followed (decode) failed
+        return (
+            f"{name}: prefill {row['prefill_tok_s']:9.0f} tok/s ({row['prefill_s']:.2f} s), "
+            f"peak {fmt(row.get('peak_prefill_gib'), '.1f')} GiB during prefill; "
+            f"then {row['error']}  [{wall:.0f} s]"
+        )
     extra = ""
     if "compress_share" in row:
-        extra = (f", {row['compressions']} compressions = {100 * row['compress_share']:.1f}% of prefill "
-                 f"({row['compress_s']:.2f} s)")
-    return (f"{name}: prefill {row['prefill_tok_s']:9.0f} tok/s ({row['prefill_s']:.2f} s), "
-            f"{row['achieved_tflop_s']:.0f} TFLOP/s = MFU {fmt(row.get('mfu') and 100 * row['mfu'], '.0f')}%, "
-            f"peak {fmt(row.get('peak_gib'), '.1f')} GiB, decode {row['decode_ms_median']:.1f} ms/tok median"
-            f"{extra}  [{wall:.0f} s]")
+        extra = (
+            f", {row['compressions']} compressions = {100 * row['compress_share']:.1f}% of prefill "
+            f"({row['compress_s']:.2f} s)"
+        )
+    return (
+        f"{name}: prefill {row['prefill_tok_s']:9.0f} tok/s ({row['prefill_s']:.2f} s), "
+        f"{row['achieved_tflop_s']:.0f} TFLOP/s = MFU {fmt(row.get('mfu') and 100 * row['mfu'], '.0f')}%, "
+        f"peak {fmt(row.get('peak_gib'), '.1f')} GiB, decode {row['decode_ms_median']:.1f} ms/tok median"
+        f"{extra}  [{wall:.0f} s]"
+    )
 
 
 if __name__ == "__main__":

@@ -59,13 +59,20 @@ class WindowLayer(CacheLayerMixin):
     def _grow(self, needed: int) -> None:
         # Grow by a quarter (in 1024-slot steps), not by doubling: the old and new buffers
         # coexist during the copy, and doubling a 16 GiB cache peaked at 48 GiB on the GPU.
-        slots = max(needed, self.keys.shape[-2] * 5 // 4)
-        slots = -(-slots // 1024) * 1024
-        for name in ("keys", "values"):
-            old = getattr(self, name)
-            new = old.new_empty((*old.shape[:2], slots, old.shape[-1]))
-            new[:, :, : self.length] = old[:, :, : self.length]
-            setattr(self, name, new)
+        # Where even the spare quarter does not fit, grow to exactly what is needed.
+        sizes = [-(-n // 1024) * 1024 for n in (max(needed, self.keys.shape[-2] * 5 // 4), needed)]
+        for attempt, slots in enumerate(sizes):
+            try:
+                keys = self.keys.new_empty((*self.keys.shape[:2], slots, self.keys.shape[-1]))
+                values = self.values.new_empty((*self.values.shape[:2], slots, self.values.shape[-1]))
+                break
+            except torch.OutOfMemoryError:
+                keys = values = None  # free the half that was allocated before trying smaller
+                if attempt == len(sizes) - 1:
+                    raise
+        keys[:, :, : self.length] = self.keys[:, :, : self.length]
+        values[:, :, : self.length] = self.values[:, :, : self.length]
+        self.keys, self.values = keys, values
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object

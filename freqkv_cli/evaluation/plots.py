@@ -57,6 +57,9 @@ def plot_perplexity(summary: Sequence[PerplexitySummary], path: str | Path, titl
                 axes.plot(
                     [row.length], [row.ppl], marker="o", markerfacecolor="white", color=line.get_color()
                 )
+    values = [row.ppl for row in summary]
+    if values and max(values) > 4 * min(values):  # an extrapolated full cache would flatten the rest
+        axes.set_yscale("log")
     axes.set_xscale("log", base=2)
     axes.set_xticks(lengths, [_length_label(n) for n in lengths])
     axes.minorticks_off()
