@@ -322,3 +322,14 @@ def test_should_stop_interrupts(family: str, models: dict) -> None:
     # an immediate stop generates nothing
     again = engine.generate(max_new_tokens=NEW, should_stop=lambda: True)
     assert (again.token_ids, again.stop_reason) == ([], "interrupted")
+
+
+def test_repetition_penalty_follows_its_definition() -> None:
+    logits = torch.tensor([2.0, 1.5, -1.0, -3.0])
+    assert Sampler()(logits, history=[0]) == 0  # off by default
+    penalised = Sampler(repetition_penalty=2.0)
+    assert penalised(logits, history=[0]) == 1  # 2.0 / 2 = 1.0 < 1.5
+    assert penalised(logits, history=[0, 1]) == 0  # 1.0 > 0.75
+    assert penalised(torch.tensor([-1.0, -1.5, -4.0]), history=[0]) == 1  # -1 * 2 = -2 < -1.5
+    with pytest.raises(UsageError):
+        Sampler(repetition_penalty=0.9)

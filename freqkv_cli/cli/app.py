@@ -61,6 +61,7 @@ def _quiet_libraries() -> None:
 
         torch.set_num_threads(int(threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF reader's own progress bar
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
     from transformers.utils import logging as hf_logging
 

@@ -101,6 +101,12 @@ TemperatureOpt = Annotated[
 TopPOpt = Annotated[
     float, typer.Option("--top-p", rich_help_panel=OUTPUT_PANEL, help="Nucleus sampling mass (0, 1].")
 ]
+RepetitionOpt = Annotated[
+    float,
+    typer.Option(
+        "--repetition-penalty", rich_help_panel=OUTPUT_PANEL, help="1 = off; >1 discourages repeating."
+    ),
+]
 SeedOpt = Annotated[
     int | None, typer.Option("--seed", rich_help_panel=OUTPUT_PANEL, help="Seed for sampling.")
 ]
@@ -201,8 +207,10 @@ class CacheChoice:
         )
 
 
-def make_sampler(temperature: float, top_p: float, seed: int | None) -> Sampler:
-    return Sampler(temperature=temperature, top_p=top_p, seed=seed)
+def make_sampler(
+    temperature: float, top_p: float, seed: int | None, repetition_penalty: float = 1.0
+) -> Sampler:
+    return Sampler(temperature=temperature, top_p=top_p, seed=seed, repetition_penalty=repetition_penalty)
 
 
 def color_disabled(no_color: bool) -> bool:

@@ -226,7 +226,7 @@ class StreamingEngine:
             if should_stop is not None and should_stop():
                 reason = "interrupted"
                 break
-            token = sampler(logits)
+            token = sampler(logits, generated)
             generated.append(token)
             if token in stops:
                 self._pending = [token]  # the end-of-turn token belongs to the history

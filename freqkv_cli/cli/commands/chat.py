@@ -55,6 +55,7 @@ def chat(
     temperature: o.TemperatureOpt = 0.0,
     top_p: o.TopPOpt = 1.0,
     seed: o.SeedOpt = None,
+    repetition_penalty: o.RepetitionOpt = 1.1,
     system: o.SystemOpt = None,
     password: o.PasswordOpt = None,
     quiet: o.QuietOpt = False,
@@ -84,7 +85,7 @@ def chat(
     documents = [open_input(path, password, None) for path in paths or []]  # fail before loading
     loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code), readout)
     session = make_session(loaded, choice, system)
-    sampler = o.make_sampler(temperature, top_p, seed)
+    sampler = o.make_sampler(temperature, top_p, seed, repetition_penalty)
     stop = StopFlag()
     interactive = sys.stdin.isatty()
     if interactive:
