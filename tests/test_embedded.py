@@ -36,8 +36,19 @@ def test_default_model_answers_a_question_about_a_document(tmp_path: Path) -> No
     result = freqkv("qa", str(doc), "Who signed the treaty of Lindenfeld?", "--json", "-n", "40")
     assert result.returncode == 0, result.stderr.decode()
     data = json.loads(result.stdout)
-    assert data["model"] == "SmolLM2-135M-Instruct" and data["family"] == "llama"
+    assert data["model"] == "SmolLM2-135M-Instruct + FreqKV adapter" and data["family"] == "llama"
     assert "Vasko" in data["answer"] or "Brandt" in data["answer"], data["answer"]
+
+
+def test_the_shipped_default_is_tuned_and_untuned_is_the_plain_model() -> None:
+    tuned = freqkv("info", "--json")
+    plain = freqkv("info", "--json", "--untuned")
+    assert tuned.returncode == 0 and plain.returncode == 0, tuned.stderr.decode() + plain.stderr.decode()
+    tuned_data, plain_data = json.loads(tuned.stdout), json.loads(plain.stdout)
+    # The adapter's freqkv.json (docs/TRAINING.md): window 1024, recent 128.
+    assert tuned_data["tuned_settings"] and tuned_data["window"] == 1024 and tuned_data["recent"] == 128
+    assert plain_data["model"] == "SmolLM2-135M-Instruct" and not plain_data["tuned_settings"]
+    assert plain_data["window"] == 4096
 
 
 def test_default_model_chats_through_a_pipe() -> None:

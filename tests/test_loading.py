@@ -290,7 +290,44 @@ def fake_gguf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base_folder: Path
         return LoadedModel(tiny_model("llama"), tokenizer, str(path), "llama", None)
 
     monkeypatch.setattr(loading_module, "_load_gguf", load_gguf)
+    # The shipped adapter fits the real SmolLM2, not this stand-in (tested on its own below).
+    monkeypatch.setattr(loading_module, "shipped_adapter_path", lambda: None)
     return reads
+
+
+def test_default_with_a_shipped_adapter_is_merged_once_and_untuned_stays_plain(
+    fake_gguf: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from freqkv_cli.cache.policy import CachePolicy
+    from freqkv_cli.models.default import TUNED_MODEL_NAME
+    from freqkv_cli.training.corpus import TokenCorpus
+    from freqkv_cli.training.finetune import FinetuneConfig, Finetuner
+
+    plain = load_model("default", device="cpu")
+    text = tmp_path / "train.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    corpus = TokenCorpus.from_files([text], plain.tokenizer, None)
+    config = FinetuneConfig(
+        CachePolicy("freqkv", 32, 4, 4, 0.5), seq_len=64, steps=2, lr=1e-2, batch=1, lora_r=2, lora_alpha=4
+    )
+    Finetuner(
+        load_model("default", device="cpu", untuned=True), "default", config, corpus, tmp_path / "ad"
+    ).run()
+    monkeypatch.setattr(loading_module, "shipped_adapter_path", lambda: tmp_path / "ad")
+    tuned = load_model("default", device="cpu")
+    assert tuned.name == TUNED_MODEL_NAME
+    assert tuned.settings is not None and tuned.settings.window == 32 and tuned.settings.recent == 4
+    ids = torch.tensor([[5, 9, 17, 33, 2, 8]])
+    via_adapter = load_model(str(tmp_path / "ad"), device="cpu")  # base "default" = the plain model
+    torch.testing.assert_close(tuned.model(ids).logits, via_adapter.model(ids).logits)
+    assert not torch.allclose(tuned.model(ids).logits, plain.model(ids).logits)
+    untuned = load_model("default", device="cpu", untuned=True)
+    torch.testing.assert_close(untuned.model(ids).logits, plain.model(ids).logits)
+    assert untuned.settings is None
+    merged = [p.name for p in (tmp_path / "home" / "models").iterdir()]
+    assert sorted(merged)[0] == DEFAULT_MODEL_NAME and len(merged) == 2  # merged once, cached
+    load_model("default", device="cpu")
+    assert len(list((tmp_path / "home" / "models").iterdir())) == 2
 
 
 def test_default_is_converted_once_then_loaded(fake_gguf: list[Path], tmp_path: Path) -> None:

@@ -28,8 +28,11 @@ def _twiddles(
     n: int, count: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of pi*k/(2n) for k < count."""
-    angle = torch.arange(count, dtype=torch.float64) * (math.pi / (2 * n))
-    return angle.cos().to(device, dtype), angle.sin().to(device, dtype)
+    # Cached tables must be ordinary tensors: one made under inference_mode (the engine)
+    # could not be saved for backward later (fine-tuning in the same process).
+    with torch.inference_mode(False):
+        angle = torch.arange(count, dtype=torch.float64) * (math.pi / (2 * n))
+        return angle.cos().to(device, dtype), angle.sin().to(device, dtype)
 
 
 def _ortho_scale(count: int, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -98,11 +101,12 @@ def lowpass_fft(x: torch.Tensor, kept: int, dim: int = -2) -> torch.Tensor:
 def lowpass_matrix(n: int, kept: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The ``kept x n`` float32 matrix of the operator, built once per (n, kept, device)."""
     _check_lengths(n, kept)
-    eye = torch.eye(n, dtype=torch.float64)
-    # Columns of the operator are the images of the unit vectors; float64 for an exact basis.
-    coeffs = dct_ortho(eye, dim=0)[:kept]
-    matrix = idct_ortho(coeffs, dim=0) * math.sqrt(kept / n)
-    return matrix.to(device=device, dtype=torch.float32)
+    with torch.inference_mode(False), torch.no_grad():  # an ordinary tensor, see _twiddles
+        eye = torch.eye(n, dtype=torch.float64)
+        # Columns of the operator are the images of the unit vectors; float64 for an exact basis.
+        coeffs = dct_ortho(eye, dim=0)[:kept]
+        matrix = idct_ortho(coeffs, dim=0) * math.sqrt(kept / n)
+        return matrix.to(device=device, dtype=torch.float32)
 
 
 def lowpass_matmul(x: torch.Tensor, kept: int, dim: int = -2, tf32: bool = False) -> torch.Tensor:

@@ -22,6 +22,7 @@ from ..errors import (
 from .commands.chat import chat
 from .commands.count import count
 from .commands.evaluate import eval_app, spectrum
+from .commands.finetune import finetune
 from .commands.info import info
 from .commands.qa import qa
 from .commands.summarize import summarize
@@ -41,7 +42,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (summarize, qa, chat, count, info, spectrum):
+for command in (summarize, qa, chat, count, info, spectrum, finetune):
     app.command(epilog=EPILOG)(command)
 for registered in eval_app.registered_commands:
     registered.epilog = EPILOG

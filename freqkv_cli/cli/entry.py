@@ -12,3 +12,7 @@ def main() -> None:
         sys.stderr.write("freqkv: error: interrupted\n")
         sys.exit(130)
     sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,16 @@ BaseOpt = Annotated[
         "--base", rich_help_panel=MODEL_PANEL, help="Base model for a LoRA adapter (overrides its config)."
     ),
 ]
+UntunedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--untuned",
+        envvar="FREQKV_UNTUNED",
+        rich_help_panel=MODEL_PANEL,
+        help="With the default model: the plain SmolLM2 weights, without the shipped FreqKV-tuned adapter "
+        "(for comparison).",
+    ),
+]
 WindowOpt = Annotated[
     str | None,
     typer.Option(
@@ -153,6 +163,7 @@ class ModelChoice:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    untuned: bool = False
 
 
 @dataclass

@@ -58,6 +58,7 @@ def load(choice: ModelChoice, readout: Readout) -> LoadedModel:
             dtype=choice.dtype,
             base=choice.base,
             trust_remote_code=choice.trust_remote_code,
+            untuned=choice.untuned,
         )
     return loaded
 

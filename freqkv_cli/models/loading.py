@@ -18,9 +18,16 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..errors import ModelError
-from .default import DEFAULT_MODEL_NAME, default_gguf_path, freqkv_home
+from .default import (
+    DEFAULT_MODEL_NAME,
+    TUNED_MODEL_NAME,
+    adapter_digest,
+    default_gguf_path,
+    freqkv_home,
+    shipped_adapter_path,
+)
 from .devices import resolve_device, resolve_dtype
-from .settings import TunedSettings, read_settings
+from .settings import SETTINGS_FILE, TunedSettings, read_settings
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -62,14 +69,21 @@ def load_model(
     dtype: str = "auto",
     base: str | None = None,
     trust_remote_code: bool = False,
+    untuned: bool = False,
 ) -> LoadedModel:
-    """Load what ``spec`` names onto ``device`` in ``dtype`` (``auto``: bf16 on CUDA, fp32 otherwise)."""
+    """Load what ``spec`` names onto ``device`` in ``dtype`` (``auto``: bf16 on CUDA, fp32 otherwise).
+
+    ``default`` is the embedded model with the shipped FreqKV-tuned adapter merged in;
+    ``untuned=True`` gives the plain embedded weights (for comparison, and as the base of adapters).
+    """
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     common = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if spec == "default":
-        folder = ensure_default_converted()
-        return _load_folder(folder, DEFAULT_MODEL_NAME, target, common)
+        adapter = shipped_adapter_path()
+        if untuned or adapter is None:
+            return _load_folder(ensure_default_converted(), DEFAULT_MODEL_NAME, target, common)
+        return _load_folder(ensure_default_tuned(adapter), TUNED_MODEL_NAME, target, common)
     path = Path(spec).expanduser()
     if not path.exists():
         raise ModelError(
@@ -148,6 +162,27 @@ def ensure_default_converted() -> Path:
         return folder
     gguf = default_gguf_path()
     loaded = _load_gguf(gguf, torch.device("cpu"), {"dtype": torch.float32, "trust_remote_code": False})
+    _save_atomically(loaded.model, loaded.tokenizer, folder)
+    return folder
+
+
+def ensure_default_tuned(adapter: Path) -> Path:
+    """Merge the shipped adapter into the converted default once; cached per adapter content."""
+    from .adapter import merge_adapter
+
+    folder = freqkv_home() / "models" / f"{DEFAULT_MODEL_NAME}-freqkv-{adapter_digest(adapter)}"
+    if _is_converted(folder):
+        return folder
+    cpu32 = {"dtype": torch.float32, "trust_remote_code": False}
+    loaded = _load_folder(ensure_default_converted(), DEFAULT_MODEL_NAME, torch.device("cpu"), cpu32)
+    model = merge_adapter(loaded.model, adapter, read_settings(adapter))
+    _save_atomically(model, loaded.tokenizer, folder, extra_files=(adapter / SETTINGS_FILE,))
+    return folder
+
+
+def _save_atomically(
+    model: PreTrainedModel, tokenizer: object, folder: Path, extra_files: tuple[Path, ...] = ()
+) -> None:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         # Write beside the target and rename: an interrupted conversion never leaves half a folder.
@@ -158,8 +193,10 @@ def ensure_default_converted() -> Path:
             "set FREQKV_HOME to a writable folder"
         ) from None
     try:
-        loaded.model.save_pretrained(staging)
-        loaded.tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
+        for path in extra_files:
+            shutil.copyfile(path, staging / path.name)
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
         try:
@@ -170,7 +207,6 @@ def ensure_default_converted() -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return folder
 
 
 def _is_converted(folder: Path) -> bool:
@@ -197,8 +233,9 @@ def _load_adapter(path: Path, base: str | None, target: torch.device, common: di
             f"adapter '{path}' needs base model '{base_spec}', not found here: pass --base MODEL"
         )
     # Merge on the CPU in float32, then move: merging in bf16 would round twice.
+    # 'default' as a base is the plain embedded model, never the shipped tuned one.
     loaded = load_model(
-        base_spec, device="cpu", dtype="float32", trust_remote_code=common["trust_remote_code"]
+        base_spec, device="cpu", dtype="float32", trust_remote_code=common["trust_remote_code"], untuned=True
     )
     model = merge_adapter(loaded.model, path, settings)
     model = model.to(common["dtype"])

@@ -42,6 +42,7 @@ def chat(
     ] = None,
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
+    untuned: o.UntunedOpt = False,
     window: o.WindowOpt = None,
     ctx: o.CtxOpt = None,
     sink: o.SinkOpt = None,
@@ -83,7 +84,7 @@ def chat(
     choice.check()
     readout = Readout(quiet=quiet, force_progress=progress, no_color=o.color_disabled(no_color))
     documents = [open_input(path, password, None) for path in paths or []]  # fail before loading
-    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code), readout)
+    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned), readout)
     session = make_session(loaded, choice, system)
     sampler = o.make_sampler(temperature, top_p, seed, repetition_penalty)
     stop = StopFlag()

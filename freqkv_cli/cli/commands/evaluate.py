@@ -168,6 +168,7 @@ def ppl(
     ratio: o.RatioOpt = None,
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
+    untuned: o.UntunedOpt = False,
     device: o.DeviceOpt = "auto",
     dtype: o.DtypeOpt = "auto",
     trust_remote_code: o.TrustOpt = False,
@@ -204,7 +205,7 @@ def ppl(
     readout = _readout(quiet, progress, no_color)
     started = time.perf_counter()
     documents = [open_input(path, None, None) for path in files]  # bad input fails before loading
-    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code), readout)
+    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned), readout)
     policies = [choice.policy_for(loaded) for choice in picked]
     encode = _encoder(loaded, special=True)  # the tokenizer's own BOS convention, as in training
 
@@ -364,6 +365,7 @@ def needle(
     ratio: o.RatioOpt = None,
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
+    untuned: o.UntunedOpt = False,
     device: o.DeviceOpt = "auto",
     dtype: o.DtypeOpt = "auto",
     trust_remote_code: o.TrustOpt = False,
@@ -401,7 +403,7 @@ def needle(
         source, text = f"{needle_lib.HAYSTACK_NAME} (Botchan, chapters I-III)", needle_lib.default_haystack()
     if not text.strip():
         raise InputError(f"{source}: the haystack has no text")
-    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code), readout)
+    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned), readout)
     policies = [choice.policy_for(loaded) for choice in picked]
     # Session.encode's convention (no BOS): the document goes in as freqkv qa streams it.
     encode = _encoder(loaded, special=False)
@@ -512,6 +514,7 @@ def spectrum(
     ] = None,
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
+    untuned: o.UntunedOpt = False,
     device: o.DeviceOpt = "auto",
     dtype: o.DtypeOpt = "auto",
     trust_remote_code: o.TrustOpt = False,
@@ -546,7 +549,7 @@ def spectrum(
     readout = _readout(quiet, progress, no_color)
     started = time.perf_counter()
     document = open_input(path, password, pages)
-    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code), readout)
+    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned), readout)
     policy = choice.policy_for(loaded)  # the checkpoint's ratio and sink unless given
     encode = _encoder(loaded, special=True)
     text = document.text()

@@ -14,6 +14,7 @@ from ..running import load
 def info(
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
+    untuned: o.UntunedOpt = False,
     window: o.WindowOpt = None,
     ctx: o.CtxOpt = "32k",
     sink: o.SinkOpt = None,
@@ -40,7 +41,7 @@ def info(
     choice = o.CacheChoice(cache, window, sink, recent, ratio, ctx)
     choice.check()
     readout = Readout(quiet=quiet, force_progress=False, no_color=o.color_disabled(no_color))
-    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code), readout)
+    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned), readout)
     policy = choice.policy_for(loaded)
     config = loaded.model.config
     heads = config.num_key_value_heads

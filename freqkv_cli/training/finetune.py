@@ -1,0 +1,423 @@
+"""Fine-tune a model to read FreqKV-compressed caches: LoRA + norms, compression in the loop.
+
+Each training sequence runs through :mod:`.grouped_attention`, i.e. exactly the window
+schedule of the inference engine, and gradients flow through every compression. The
+output folder is a PEFT adapter plus ``trainable_params.safetensors`` (norms, optionally
+embeddings) and ``freqkv.json`` (the policy it was tuned for and a fingerprint of the base
+weights), which ``load_model`` merges on load.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..cache.policy import CachePolicy
+from ..errors import UsageError
+from ..models.loading import LoadedModel
+from ..models.settings import TunedSettings, weights_fingerprint
+from . import grouped_attention
+from .corpus import TokenCorpus
+
+CHECKPOINT_DIR = "checkpoint"
+TRAINABLE_FILE = "trainable_params.safetensors"
+LOG_FILE = "training_log.json"
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class FinetuneConfig:
+    """What to train and how. ``batch`` sequences of ``seq_len`` tokens per optimizer step,
+    run ``micro_batch`` at a time (0: all at once)."""
+
+    policy: CachePolicy
+    seq_len: int = 8192
+    steps: int = 200
+    lr: float = 3e-4
+    warmup: int = 10
+    batch: int = 8
+    micro_batch: int = 0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    train_norms: bool = True
+    train_embeddings: bool = False
+    gradient_checkpointing: bool = True
+    weight_decay: float = 0.0
+    distill: float = 0.0  # weight of KL(full-cache base || student); 1 - distill goes to plain next-token CE
+    seed: int = 0
+    save_every: int = 50
+
+    def validate(self) -> None:
+        if self.policy.kind not in ("freqkv", "sink"):
+            raise UsageError("--cache must be freqkv or sink for fine-tuning")
+        checks = [
+            (self.seq_len > self.policy.window, f"--seq-len {self.seq_len} must exceed --window"),
+            (self.steps >= 1, "--steps must be at least 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
+            (self.warmup >= 0, "--warmup must be zero or more"),
+            (self.batch >= 1, "--batch must be at least 1"),
+            (self.micro_batch >= 0, "--micro-batch must be zero or more"),
+            (self.lora_r >= 1, "--lora-r must be at least 1"),
+            (self.lora_alpha > 0, "--lora-alpha must be positive"),
+            (0 <= self.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
+            (bool(self.target_modules), "--lora-targets must name at least one module"),
+            (self.save_every >= 1, "--save-every must be at least 1"),
+            (0.0 <= self.distill <= 1.0, "--distill must be between 0 and 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        micro = self.micro_batch or self.batch
+        if self.batch % micro:
+            raise UsageError(f"--batch {self.batch} must be a multiple of --micro-batch {micro}")
+
+    def identity(self) -> dict:
+        """What must not change between a run and its resumption."""
+        data = asdict(self)
+        data["policy"] = asdict(self.policy)
+        data["target_modules"] = list(self.target_modules)
+        data.pop("save_every")
+        return data
+
+
+@dataclass
+class StepReport:
+    step: int  # 1-based, optimizer steps done
+    steps: int
+    loss: float  # mean token cross-entropy of this step
+    lr: float
+    tokens: int  # tokens trained on so far (this run and the runs it resumed)
+    tokens_per_second: float  # this step
+    elapsed: float  # seconds since this run started
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    steps: int
+    tokens: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def _lr_factor(step: int, warmup: int, steps: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Finetuner:
+    """Owns the PEFT-wrapped model, the optimizer and the output folder.
+
+    ``loaded`` must be the untuned base in float32 (autocast gives bf16 matmuls on CUDA).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        base_spec: str,
+        config: FinetuneConfig,
+        corpus: TokenCorpus,
+        out: Path,
+    ) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        config.validate()
+        self.config, self.corpus, self.out = config, corpus, Path(out)
+        self.base_spec = base_spec
+        self.device = loaded.device
+        base = loaded.model
+        if base.dtype != torch.float32:
+            raise UsageError("fine-tuning loads the base in float32 (bf16 runs under autocast)")
+        self.fingerprint = weights_fingerprint(base)
+        self.teacher = None
+        if config.distill > 0:
+            native = int(getattr(base.config, "max_position_embeddings", 0) or 0)
+            if native and config.seq_len > native:
+                raise UsageError(
+                    f"--distill needs --seq-len within the model's window ({native}): "
+                    "the full-cache teacher must not extrapolate"
+                )
+            # The teacher is the untouched base with a full cache: the student learns to predict
+            # from compressed caches what the base predicts from exact ones (and keeps its manners).
+            self.teacher = copy.deepcopy(base).eval().requires_grad_(False)
+            if self.device.type == "cuda":
+                self.teacher.to(torch.bfloat16)
+        self.eos_id = getattr(loaded.tokenizer, "eos_token_id", None)
+        names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
+        missing = [t for t in config.target_modules if t not in names]
+        if missing:
+            raise UsageError(f"--lora-targets: this model has no module named {missing[0]!r}")
+        torch.manual_seed(config.seed)
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        base.requires_grad_(False)
+        self.model = get_peft_model(base, lora)
+        self.model.peft_config["default"].base_model_name_or_path = base_spec
+        for name, param in self.model.named_parameters():
+            module = name.rsplit(".", 1)[0]
+            if (config.train_norms and module.endswith("norm")) or (
+                config.train_embeddings and "embed_tokens" in module
+            ):
+                param.requires_grad_(True)
+        self.causal_lm = self.model.base_model.model
+        grouped_attention.register()
+        self.causal_lm.set_attn_implementation(grouped_attention.ATTENTION_NAME)
+        if config.gradient_checkpointing:
+            kwargs = {"use_reentrant": False}
+            if hasattr(self.causal_lm, "activation_checkpointing_enable"):  # the new name (5.2x)
+                self.causal_lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            betas=(0.9, 0.95),
+            fused=self.device.type == "cuda",
+        )
+        self.schedule = grouped_attention.GroupSchedule.build(
+            config.policy, self.causal_lm.model.rotary_emb, config.seq_len, self.device
+        )
+        self.step = 0
+        self.tokens = 0
+        self.losses: list[float] = []
+
+    # -- what is trained ------------------------------------------------------------------
+    def trainable_counts(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.model.parameters())
+
+    def _extra_trainables(self) -> dict[str, torch.Tensor]:
+        """Norms/embeddings that are trained whole (saved beside the LoRA weights)."""
+        return {
+            name.removeprefix(_PEFT_PREFIX): param.detach().float().cpu().contiguous()
+            for name, param in self.model.named_parameters()
+            if param.requires_grad and "lora_" not in name
+        }
+
+    # -- one step -------------------------------------------------------------------------
+    def loss(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Summed next-token cross-entropy of ``(B, seq_len)`` ids and the number of targets."""
+        positions = self.schedule.positions[None].expand(input_ids.shape[0], -1)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            hidden = self.causal_lm.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                use_cache=False,
+                **{grouped_attention.SCHEDULE_KWARG: self.schedule},
+            ).last_hidden_state
+            teacher_hidden = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_hidden = self.teacher.model(
+                        input_ids=input_ids, use_cache=False
+                    ).last_hidden_state
+            total = hidden.new_zeros((), dtype=torch.float32)
+            block = 1024
+            # Logits per block, recomputed in backward: B x seq_len x vocab floats never coexist.
+            for start in range(0, input_ids.shape[1] - 1, block):
+                end = min(start + block, input_ids.shape[1] - 1)
+                total = total + checkpoint(
+                    self._block_loss,
+                    hidden[:, start:end],
+                    input_ids[:, start + 1 : end + 1],
+                    None if teacher_hidden is None else teacher_hidden[:, start:end],
+                    use_reentrant=False,
+                )
+        return total, input_ids.shape[0] * (input_ids.shape[1] - 1)
+
+    def _block_loss(
+        self, hidden: torch.Tensor, targets: torch.Tensor, teacher_hidden: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Summed loss of one block: (1 - distill) * CE + distill * KL(teacher || student)."""
+        logp = torch.log_softmax(self.causal_lm.lm_head(hidden).float(), dim=-1)
+        ce = -logp.gather(-1, targets[..., None]).sum()
+        if teacher_hidden is None:
+            return ce
+        teacher_logp = torch.log_softmax(self.teacher.lm_head(teacher_hidden).float(), dim=-1)  # type: ignore[union-attr]
+        kl = (teacher_logp.exp() * (teacher_logp - logp)).sum()
+        return (1 - self.config.distill) * ce + self.config.distill * kl
+
+    def train_step(self) -> StepReport:
+        config = self.config
+        started = time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr * _lr_factor(self.step, config.warmup, config.steps)
+        batch = self.corpus.batch(self.step, config.batch, config.seq_len, config.seed).to(self.device)
+        micro = config.micro_batch or config.batch
+        count = batch.shape[0] * (batch.shape[1] - 1)
+        total = 0.0
+        for first in range(0, config.batch, micro):
+            loss_sum, _ = self.loss(batch[first : first + micro])
+            (loss_sum / count).backward()
+            total += float(loss_sum.detach())
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += batch.numel()
+        loss = total / count
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {self.step}: lower --lr")
+        self.losses.append(loss)
+        seconds = time.perf_counter() - started
+        return StepReport(
+            self.step, config.steps, loss, self.optimizer.param_groups[0]["lr"], self.tokens,
+            batch.numel() / seconds, 0.0,
+        )  # fmt: skip
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        folder = self.out / CHECKPOINT_DIR
+        staging = self.out / (CHECKPOINT_DIR + ".tmp")
+        staging.mkdir(parents=True, exist_ok=True)
+        lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        save_file(lora, str(staging / "adapter_model.safetensors"))
+        save_file(self._extra_trainables(), str(staging / TRAINABLE_FILE))
+        torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+        state = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "losses": self.losses,
+            "config": self.config.identity(),
+        }
+        (staging / "state.json").write_text(json.dumps(state) + "\n")
+        # Replace the previous checkpoint only once the new one is complete.
+        if folder.exists():
+            old = self.out / (CHECKPOINT_DIR + ".old")
+            folder.rename(old)
+            staging.rename(folder)
+            _remove_tree(old)
+        else:
+            staging.rename(folder)
+        return folder
+
+    def resume(self) -> int:
+        """Load ``out/checkpoint`` if there is one; returns the step it resumes from (0: none)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = self.out / CHECKPOINT_DIR
+        if not (folder / "state.json").is_file():
+            return 0
+        state = json.loads((folder / "state.json").read_text())
+        if state.get("config") != self.config.identity():
+            raise UsageError(
+                f"'{folder}' was written with other settings; use the same flags to resume, or a new --out"
+            )
+        set_peft_model_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
+        extra = load_file(str(folder / TRAINABLE_FILE))
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for key, value in extra.items():
+                params[_PEFT_PREFIX + key].copy_(value)
+        optimizer_state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.step, self.tokens, self.losses = state["step"], state["tokens"], list(state["losses"])
+        return self.step
+
+    # -- the whole run --------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        resume: bool = False,
+        on_step: Callable[[StepReport], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        data_sources: list[dict] | None = None,
+    ) -> FinetuneResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume() if resume else 0
+        started = time.perf_counter()
+        while self.step < self.config.steps:
+            report = self.train_step()
+            report.elapsed = time.perf_counter() - started
+            if on_step is not None:
+                on_step(report)
+            if self.step % self.config.save_every == 0 or self.step == self.config.steps:
+                self.save_checkpoint()
+            if should_stop is not None and should_stop():
+                self.save_checkpoint()
+                break
+        seconds = time.perf_counter() - started
+        if self.step == self.config.steps:
+            self.save_final(data_sources or self.corpus.sources, seconds)
+        return FinetuneResult(self.out, self.step, self.tokens, seconds, list(self.losses), resumed)
+
+    def save_final(self, data_sources: list[dict], seconds: float) -> None:
+        from safetensors.torch import save_file
+
+        self.model.save_pretrained(str(self.out))
+        save_file(self._extra_trainables(), str(self.out / TRAINABLE_FILE))
+        policy, config = self.config.policy, self.config
+        trainable, _ = self.trainable_counts()
+        settings = TunedSettings(
+            window=policy.window,
+            sink=policy.sink,
+            recent=policy.recent,
+            ratio=policy.ratio,
+            seq_len=config.seq_len,
+            base_model=self.base_spec,
+            base_fingerprint=self.fingerprint,
+            extra={
+                "cache": policy.kind,
+                "training": {
+                    "steps": self.step,
+                    "tokens": self.tokens,
+                    "batch": config.batch,
+                    "lr": config.lr,
+                    "warmup": config.warmup,
+                    "lora_r": config.lora_r,
+                    "lora_alpha": config.lora_alpha,
+                    "target_modules": list(config.target_modules),
+                    "train_norms": config.train_norms,
+                    "train_embeddings": config.train_embeddings,
+                    "seed": config.seed,
+                    "distill": config.distill,
+                    "trainable_parameters": trainable,
+                    "device": _device_name(self.device),
+                    "seconds_last_run": round(seconds, 1),
+                    "final_loss": round(self.losses[-1], 4) if self.losses else None,
+                },
+                "data": data_sources,
+            },
+        )
+        settings.write(self.out)
+        (self.out / LOG_FILE).write_text(json.dumps({"loss": [round(x, 5) for x in self.losses]}) + "\n")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

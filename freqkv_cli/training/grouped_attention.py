@@ -1,0 +1,146 @@
+"""FreqKV attention for training: one forward pass over a whole sequence, differentiable.
+
+The inference engine streams a sequence group by group through a fixed cache, writing in
+place under ``inference_mode``. Training needs gradients through every compression, so
+here the model runs ONE forward over the whole training sequence and each attention layer
+replays the window schedule on its own keys and values, out of place:
+
+    group 0: the first N tokens, causal attention, positions 0..N-1
+    group g: compress the layer's cache (N entries -> S + L + R), then the next F - L
+             tokens attend to the cache and causally to each other, positions S+L+R..N-1
+
+Everything outside attention (projections, MLPs, norms) runs on the full sequence at once,
+so it is as fast as plain training; per-layer gradient checkpointing works unchanged
+because a layer's schedule depends only on that layer's inputs. The logits equal the
+inference engine's on the same sequence (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cache.dct import lowpass
+from ..cache.policy import CachePolicy
+from ..cache.rotary import KeyRotation
+
+ATTENTION_NAME = "freqkv_grouped"
+SCHEDULE_KWARG = "freqkv_schedule"
+
+
+@dataclass
+class GroupSchedule:
+    """The window schedule of one training sequence of ``length`` tokens.
+
+    policy:   the inference policy (``freqkv`` or ``sink``), applied exactly.
+    rotation: the model's own rotary embedding, to move rotated keys to new slots.
+    groups:   ``[(start, end), ...]`` token ranges; group 0 fills the window, later ones
+              are ``F - L`` tokens each (the last may be shorter).
+    positions: ``(length,)`` long tensor, the RoPE position (slot) of every token.
+    """
+
+    policy: CachePolicy
+    rotation: KeyRotation
+    groups: list[tuple[int, int]]
+    positions: torch.Tensor
+    lowpass_method: str = "auto"
+
+    @classmethod
+    def build(
+        cls, policy: CachePolicy, rotary_emb: nn.Module, length: int, device: torch.device | str = "cpu"
+    ) -> GroupSchedule:
+        if policy.kind not in ("freqkv", "sink"):
+            raise ValueError(f"training runs the freqkv or sink policy, not {policy.kind!r}")
+        groups, positions = [], []
+        start, filled = 0, 0
+        while start < length:
+            size = min(policy.window - filled, length - start)
+            groups.append((start, start + size))
+            positions.append(torch.arange(filled, filled + size))
+            start += size
+            filled = policy.sink + policy.kept() + policy.recent  # what a compression leaves
+        pos = torch.cat(positions).to(device) if positions else torch.empty(0, dtype=torch.long)
+        return cls(policy, KeyRotation(rotary_emb), groups, pos)
+
+    # -- one compression round on (batch, kv_heads, N, head_dim) keys and values --------
+    def compress(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        policy = self.policy
+        head = policy.sink
+        span, kept = policy.span(), policy.kept()
+        window = keys.shape[-2]
+        device, dtype = keys.device, keys.dtype
+        parts_k, parts_v = [keys[:, :, :head]], [values[:, :, :head]]
+        if policy.kind == "freqkv":
+            old = torch.arange(head, head + span, device=device)
+            new = torch.arange(head, head + kept, device=device)
+            # float32 inside, as at inference: un-rotate, low-pass keys and values, re-rotate.
+            middle_k = self.rotation.unrotate(keys[:, :, head : head + span].float(), old)
+            low_k = lowpass(middle_k, kept, -2, self.lowpass_method)
+            low_v = lowpass(values[:, :, head : head + span].float(), kept, -2, self.lowpass_method)
+            parts_k.append(self.rotation.rotate(low_k, new).to(dtype))
+            parts_v.append(low_v.to(dtype))
+            moved_from, moved_to = head + span, head + kept
+        else:  # sink: drop the oldest span - kept entries, shift the rest down
+            moved_from, moved_to = head + span - kept, head
+        if moved_from < window:
+            moved = self.rotation.shift(keys[:, :, moved_from:window].float(), moved_from, moved_to)
+            parts_k.append(moved.to(dtype))
+            parts_v.append(values[:, :, moved_from:window])
+        return torch.cat(parts_k, dim=-2), torch.cat(parts_v, dim=-2)
+
+
+def grouped_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """A transformers attention function. ``query`` ``(B, H, T, D)``, ``key``/``value`` ``(B, Hkv, T, D)``,
+    rotated at the schedule's positions; returns ``(B, T, H, D)``.
+
+    Needs ``freqkv_schedule=GroupSchedule`` among the forward kwargs. The causal mask is
+    built here (transformers builds none for an attention name it does not know).
+    """
+    schedule = kwargs.get(SCHEDULE_KWARG)
+    if not isinstance(schedule, GroupSchedule):
+        raise RuntimeError(f"{ATTENTION_NAME} attention needs {SCHEDULE_KWARG}=GroupSchedule(...)")
+    if query.shape[-2] != schedule.groups[-1][1]:
+        raise RuntimeError(f"schedule is for {schedule.groups[-1][1]} tokens, got {query.shape[-2]}")
+    gqa = query.shape[1] != key.shape[1]
+    outputs = []
+    cache_k = cache_v = None
+    for index, (start, end) in enumerate(schedule.groups):
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        if cache_k is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
+            cache_k, cache_v = k, v
+        else:
+            if index > 0:
+                cache_k, cache_v = schedule.compress(cache_k, cache_v)
+            held, size = cache_k.shape[-2], end - start
+            keys = torch.cat([cache_k, k], dim=-2)
+            values = torch.cat([cache_v, v], dim=-2)
+            # Row i sees the whole cache and new tokens 0..i.
+            cols = torch.arange(held + size, device=q.device)
+            mask = cols[None, :] <= (held + torch.arange(size, device=q.device))[:, None]
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, scale=scaling, enable_gqa=gqa
+            )
+            cache_k, cache_v = keys, values
+        outputs.append(out)
+    return torch.cat(outputs, dim=-2).transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Make ``ATTENTION_NAME`` known to transformers (idempotent). No mask function is registered
+    on purpose: transformers then passes no mask, and :func:`grouped_attention` builds its own."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, grouped_attention)
