@@ -13,7 +13,7 @@ import math
 import sys
 from pathlib import Path
 
-RUNS = ["w1k", "w1k-r128", "w2k", "w1k-r128-big"]
+RUNS = ["w1k", "w1k-r128", "w2k", "w1k-r128-big", "d-w1k-r128", "d50-w1k-r128", "d-w1k-r256"]
 CACHES = ["full", "sink", "freqkv"]
 
 
