@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import UsageError
 
-POLICIES = ("freqkv", "sink", "full")
+POLICIES = ("freqkv", "sink", "full", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -16,13 +16,17 @@ class CachePolicy:
 
     kind:   ``freqkv`` compresses the middle span in the frequency domain;
             ``sink`` evicts the oldest non-sink entries (StreamingLLM);
-            ``full`` never compresses (the exact reference, memory grows).
+            ``full`` never compresses (the exact reference, memory grows);
+            ``hybrid`` is freqkv plus a budget of exact slots for the tokens that score
+            highest (attention from a pinned question, else low key norm), kept uncompressed.
     window: N, the most entries a layer ever holds (ignored by ``full``).
     sink:   S, leading entries never compressed.
     recent: R, trailing entries left exact in a compression round.
     ratio:  r, the share of the compressible span F = N - S - R that is kept:
             L = floor(F * r). ``sink`` frees the same F - L slots per round, so the
             two policies run the same chunk schedule and hold the same memory.
+    exact:  hybrid only: share of N reserved for exact (selected) tokens, E = floor(N * exact);
+            each round selects up to max(1, E // 4) new ones, the best E are kept.
     """
 
     kind: str = "freqkv"
@@ -30,6 +34,7 @@ class CachePolicy:
     sink: int = 4
     recent: int = 0
     ratio: float = 0.5
+    exact: float = 0.25
 
     def __post_init__(self) -> None:
         self.validate()
@@ -47,6 +52,16 @@ class CachePolicy:
             raise UsageError("sink and recent must be zero or more")
         if not (0.0 < self.ratio < 1.0) or math.isnan(self.ratio):
             raise UsageError(f"ratio {self.ratio} must be strictly between 0 and 1")
+        if self.kind == "hybrid":
+            if not (0.0 < self.exact < 1.0) or math.isnan(self.exact):
+                raise UsageError(f"exact share {self.exact} must be strictly between 0 and 1")
+            free = self.window - head - self.exact_slots() - self.recent - self.quota()
+            if free < 4:
+                raise UsageError(
+                    f"sink/pinned ({head}) + exact slots ({self.exact_slots()}) + recent ({self.recent}) "
+                    f"leave no room to compress in a window of {self.window}"
+                )
+            return
         span = self.window - head - self.recent
         if span < 2:
             raise UsageError(
@@ -70,6 +85,14 @@ class CachePolicy:
     def freed(self, head: int | None = None) -> int:
         """F - L: the room one round frees, i.e. the prefill chunk after the first."""
         return self.span(head) - self.kept(head)
+
+    def exact_slots(self) -> int:
+        """E: the most exact (selected) entries a hybrid layer holds."""
+        return math.floor(self.window * self.exact) if self.kind == "hybrid" else 0
+
+    def quota(self) -> int:
+        """New tokens a hybrid round may select into the exact slots."""
+        return max(1, self.exact_slots() // 4) if self.kind == "hybrid" else 0
 
     def with_(self, **changes: object) -> CachePolicy:
         return replace(self, **changes)  # type: ignore[arg-type]

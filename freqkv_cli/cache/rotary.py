@@ -29,9 +29,14 @@ class KeyRotation:
         self.scaling = float(getattr(rotary_emb, "attention_scaling", 1.0))
 
     def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``positions`` ``(seq,)`` -> ``(1, 1, seq, head_dim)``; any other shape ``(..., seq)``
+        (e.g. per batch and head) -> ``(..., seq, head_dim)``."""
         probe = torch.empty(0, dtype=torch.float32, device=positions.device)
-        cos, sin = self.rotary_emb(probe, positions[None, :])
-        return cos[:, None].float(), sin[:, None].float()  # (1, 1, seq, head_dim)
+        cos, sin = self.rotary_emb(probe, positions.reshape(1, -1))
+        if positions.dim() == 1:
+            return cos[:, None].float(), sin[:, None].float()
+        shape = (*positions.shape, cos.shape[-1])
+        return cos.reshape(shape).float(), sin.reshape(shape).float()
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         cos, sin = self._cos_sin(positions)

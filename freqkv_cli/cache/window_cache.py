@@ -12,6 +12,7 @@ stock causal masks and attention kernels stay exact.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -141,6 +142,19 @@ class WindowedCache(Cache):
         self.tokens_seen = 0
         self.compressions = 0
         self.compress_seconds = 0.0
+        self._reset_hybrid()
+
+    def _reset_hybrid(self) -> None:
+        # Hybrid layout per layer: [head | exact e | compressed c | tail (exact, in stream order)].
+        self.exact_count = 0
+        self.compressed_count = 0
+        self.exact_tokens: list[torch.Tensor | None] = [None] * len(self.layers)  # (B, Hkv, e) stream index
+        self.exact_scores: list[torch.Tensor | None] = [None] * len(self.layers)  # (B, Hkv, e)
+        self.queries: list[torch.Tensor] | None = None  # per layer (B, Hq, Tq, D), pre-RoPE
+
+    def set_queries(self, queries: list[torch.Tensor] | None) -> None:
+        """Question queries per layer (pre-RoPE) for query-aware selection of exact tokens."""
+        self.queries = queries
 
     # -- what the engine asks -------------------------------------------------------
     @property
@@ -182,6 +196,7 @@ class WindowedCache(Cache):
         self.tokens_seen = 0
         self.compressions = 0
         self.compress_seconds = 0.0
+        self._reset_hybrid()
 
     # -- compression ------------------------------------------------------------------
     @torch.inference_mode()
@@ -196,6 +211,13 @@ class WindowedCache(Cache):
             torch.cuda.synchronize(device)
         started = time.perf_counter()
         head, recent = self.head, self.policy.recent
+        if self.policy.kind == "hybrid":
+            self._compress_hybrid(head, recent)
+            self.compressions += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            self.compress_seconds += time.perf_counter() - started
+            return
         span, kept = self.policy.span(head), self.policy.kept(head)
         # Layers go in batches (layers, batch, heads, seq, head_dim): fewer kernel launches on
         # GPUs, with bounded float32 scratch; on CPUs one layer at a time measured fastest.
@@ -240,6 +262,104 @@ class WindowedCache(Cache):
             layer.values[:, :, moved_to:end] = moved_values[index]
             layer.length = head + kept + recent
 
+    def _compress_hybrid(self, head: int, recent: int) -> None:
+        """One hybrid round: score the tail tokens leaving the recent window, keep the best in
+        the exact slots (per head, in stream order), low-pass the rest with the compressed part."""
+        policy, window = self.policy, self.policy.window
+        e, c = self.exact_count, self.compressed_count
+        tail = head + e + c  # first never-compressed slot
+        candidates = window - recent - tail
+        take = min(policy.quota(), candidates)
+        new_e = min(policy.exact_slots(), e + take)
+        z = c + candidates - take  # entries that go through the low-pass
+        kept = math.floor(z * policy.ratio) if z > 1 else z
+        first_token = self.tokens_seen - (window - tail)  # stream index of slot `tail`
+        for index, layer in enumerate(self.layers):
+            keys, values = layer.keys, layer.values
+            device = keys.device
+            cand_k = keys[:, :, tail : tail + candidates]
+            score = self._scores(index, cand_k)  # (B, Hkv, candidates)
+            top = score.topk(take, dim=-1).indices.sort(dim=-1).values  # slot offsets, in order
+            # Exact pool: the old exact entries and the new picks; keep the best new_e by score.
+            pool_k = torch.cat([keys[:, :, head : head + e], _gather(cand_k, top)], dim=-2)
+            pool_v = torch.cat(
+                [values[:, :, head : head + e], _gather(values[:, :, tail : tail + candidates], top)], -2
+            )
+            old_e = torch.arange(head, head + e, device=device).expand(*top.shape[:2], e)
+            pool_pos = torch.cat([old_e, tail + top], dim=-1)
+            pool_tok = torch.cat(
+                [self._exact_tokens(index, top.shape[:2], device), first_token + top], dim=-1
+            )
+            pool_score = torch.cat(
+                [self._exact_scores(index, top.shape[:2], device), score.gather(-1, top)], -1
+            )
+            keep = pool_score.topk(new_e, dim=-1).indices
+            keep = keep.gather(-1, pool_tok.gather(-1, keep).argsort(dim=-1))  # stream order
+            exact_k = self.rotation.rotate(
+                self.rotation.unrotate(_gather(pool_k, keep).float(), pool_pos.gather(-1, keep)),
+                torch.arange(head, head + new_e, device=device),
+            )
+            exact_v = _gather(pool_v, keep)
+            self.exact_tokens[index] = pool_tok.gather(-1, keep)
+            self.exact_scores[index] = pool_score.gather(-1, keep)
+            # Low-pass stream: the compressed part, then the candidates not picked, in order.
+            rest = torch.ones(*top.shape[:2], candidates, dtype=torch.bool, device=device)
+            rest.scatter_(-1, top, False)
+            rest_idx = rest.nonzero()[:, -1].reshape(*top.shape[:2], candidates - take)
+            stream_pos = torch.cat(
+                [torch.arange(head + e, tail, device=device).expand(*top.shape[:2], c), tail + rest_idx], -1
+            )
+            stream_k = torch.cat([keys[:, :, head + e : tail], _gather(cand_k, rest_idx)], dim=-2)
+            stream_v = torch.cat(
+                [values[:, :, head + e : tail], _gather(values[:, :, tail : tail + candidates], rest_idx)], -2
+            )
+            new_c = head + new_e
+            if z > 1:
+                low_k = lowpass(
+                    self.rotation.unrotate(stream_k.float(), stream_pos), kept, -2, self.lowpass_method
+                )
+                low_v = lowpass(stream_v.float(), kept, -2, self.lowpass_method)
+            else:
+                low_k = self.rotation.unrotate(stream_k.float(), stream_pos)
+                low_v = stream_v.float()
+            low_k = self.rotation.rotate(low_k, torch.arange(new_c, new_c + kept, device=device))
+            moved_from, moved_to = window - recent, new_c + kept
+            moved_k = self.rotation.shift(keys[:, :, moved_from:window].float(), moved_from, moved_to)
+            moved_v = values[:, :, moved_from:window].clone()
+            layer.keys[:, :, head:new_c] = exact_k.to(keys.dtype)
+            layer.values[:, :, head:new_c] = exact_v
+            layer.keys[:, :, new_c : new_c + kept] = low_k.to(keys.dtype)
+            layer.values[:, :, new_c : new_c + kept] = low_v.to(values.dtype)
+            layer.keys[:, :, moved_to : moved_to + recent] = moved_k.to(keys.dtype)
+            layer.values[:, :, moved_to : moved_to + recent] = moved_v
+            layer.length = moved_to + recent
+        self.exact_count, self.compressed_count = new_e, kept
+
+    def _exact_tokens(self, index: int, lead: torch.Size, device: torch.device) -> torch.Tensor:
+        found = self.exact_tokens[index]
+        return found if found is not None else torch.empty(*lead, 0, dtype=torch.long, device=device)
+
+    def _exact_scores(self, index: int, lead: torch.Size, device: torch.device) -> torch.Tensor:
+        found = self.exact_scores[index]
+        return found if found is not None else torch.empty(*lead, 0, device=device)
+
+    def _scores(self, index: int, cand_k: torch.Tensor) -> torch.Tensor:
+        """``(B, Hkv, n)``: attention from the pinned question if there is one, else low key norm.
+
+        The question's queries are rotated to the last slot, so they look back at the candidates
+        as a question asked after the text would (SnapKV pools over heads and neighbours too).
+        """
+        if self.queries is None:
+            return -cand_k.float().norm(dim=-1)
+        q = self.queries[index].to(cand_k.device).float()  # (B, Hq, Tq, D)
+        batch, heads, tq, dim = q.shape
+        kv_heads = cand_k.shape[1]
+        q = self.rotation.rotate(q, torch.full((tq,), self.policy.window - 1, device=q.device))
+        q = q.view(batch, kv_heads, heads // kv_heads, tq, dim)
+        logits = torch.einsum("bhgtd,bhnd->bhgtn", q, cand_k.float()) / math.sqrt(dim)
+        attention = torch.softmax(logits, dim=-1).mean(dim=(2, 3))
+        return torch.nn.functional.max_pool1d(attention, kernel_size=7, stride=1, padding=3)
+
     # -- readouts -----------------------------------------------------------------------
     def stats(self) -> CacheStats:
         layers = [layer for layer in self.layers if layer.is_initialized]
@@ -254,3 +374,8 @@ class WindowedCache(Cache):
             full_kv_bytes=int(per_token * self.tokens_seen),
             compress_seconds=self.compress_seconds,
         )
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, H, n, D)``, ``index`` ``(B, H, k)`` -> ``(B, H, k, D)``."""
+    return x.gather(-2, index[..., None].expand(*index.shape, x.shape[-1]))

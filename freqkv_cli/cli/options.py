@@ -74,6 +74,14 @@ RatioOpt = Annotated[
     float | None,
     typer.Option("--ratio", rich_help_panel=MODEL_PANEL, help="Share r of the span kept, 0<r<1 [0.5]."),
 ]
+ExactOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--exact",
+        rich_help_panel=MODEL_PANEL,
+        help="hybrid cache: share of the window kept for exact, selected tokens, 0<e<1 [0.25].",
+    ),
+]
 CacheOpt = Annotated[
     str, typer.Option("--cache", rich_help_panel=MODEL_PANEL, help=f"Cache policy: {', '.join(POLICIES)}.")
 ]
@@ -176,6 +184,7 @@ class CacheChoice:
     recent: int | None = None
     ratio: float | None = None
     ctx: str | None = None
+    exact: float | None = None
 
     def check(self) -> None:
         """Validate what can be validated before loading a model (bad values fail fast)."""
@@ -187,6 +196,8 @@ class CacheChoice:
             parse_size(self.ctx)
         if self.ratio is not None and not 0 < self.ratio < 1:
             raise UsageError(f"--ratio {self.ratio} must be strictly between 0 and 1")
+        if self.exact is not None and not 0 < self.exact < 1:
+            raise UsageError(f"--exact {self.exact} must be strictly between 0 and 1")
         if self.sink is not None and self.sink < 0:
             raise UsageError("--sink must be 0 or more")
         if self.recent is not None and self.recent < 0:
@@ -215,6 +226,7 @@ class CacheChoice:
             sink=int(pick(self.sink, "sink", 4)),  # type: ignore[arg-type]
             recent=int(pick(self.recent, "recent", 0)),  # type: ignore[arg-type]
             ratio=float(pick(self.ratio, "ratio", 0.5)),  # type: ignore[arg-type]
+            exact=float(self.exact if self.exact is not None else 0.25),
         )
 
 

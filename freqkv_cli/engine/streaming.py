@@ -126,24 +126,31 @@ class StreamingEngine:
             if pin:
                 continue
             # Forward whole chunks as soon as they are available; keep a remainder for later pieces.
-            while len(buffer) >= self._next_chunk_size():
+            while buffer and len(buffer) >= self._next_chunk_size():
                 size = self._next_chunk_size()
                 total += self._consume(buffer[:size], on_progress)
                 del buffer[:size]
         if pin:
             self.policy.validate(head=max(self.policy.sink, self.cache.length + len(buffer)))
-        if buffer:
-            total += self._consume(buffer, on_progress)
+        capture = pin and self.policy.kind == "hybrid"
+        with _QueryCapture(self.model) if capture else nullcontext() as captured:
+            if buffer:
+                total += self._consume(buffer, on_progress)
         if pin:
             self.cache.pin(self.cache.length)
+        if captured is not None:
+            # The end of a pinned prefix is the question (qa puts it last): its queries choose
+            # which document tokens stay exact.
+            self.cache.set_queries([q[:, :, -QUESTION_QUERIES:] for q in captured.queries()])
         if self._last_hidden is None:
             return None
         return self.logits(self._last_hidden)
 
     def _next_chunk_size(self) -> int:
         room = self.cache.room()
-        if room == 0:
-            room = self.policy.freed(self.cache.head)
+        if room == 0:  # full: compress now (what the next forward would do first anyway)
+            self.cache.compress()
+            room = self.cache.room()
         return min(self.max_chunk, room) if room is not None else self.max_chunk
 
     def _consume(self, ids: Sequence[int], on_progress: ProgressCallback | None) -> int:
@@ -258,6 +265,43 @@ class StreamingEngine:
         if self.tokenizer is None:
             return ""
         return self.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[attr-defined]
+
+
+QUESTION_QUERIES = 32  # last pinned tokens whose queries score tokens for the exact slots
+
+
+class _QueryCapture:
+    """Records every layer's query states (pre-RoPE, after any per-head norm) while active."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.layers = model.model.layers
+        self.pieces: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        self.handles: list = []
+
+    def __enter__(self) -> _QueryCapture:
+        for index, layer in enumerate(self.layers):
+            self.handles.append(layer.self_attn.q_proj.register_forward_hook(self._hook(index)))
+        return self
+
+    def _hook(self, index: int) -> Callable:
+        attention = self.layers[index].self_attn
+        head_dim = attention.head_dim
+
+        def record(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+            q = output.view(*output.shape[:-1], -1, head_dim)
+            if hasattr(attention, "q_norm"):  # Qwen3 normalises each head before RoPE
+                q = attention.q_norm(q)
+            self.pieces[index].append(q.transpose(1, 2).detach())
+
+        return record
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def queries(self) -> list[torch.Tensor]:
+        return [torch.cat(pieces, dim=-2) for pieces in self.pieces]
 
 
 def _attention_kernels(device: torch.device, query_length: int) -> AbstractContextManager:

@@ -48,6 +48,7 @@ def chat(
     sink: o.SinkOpt = None,
     recent: o.RecentOpt = None,
     ratio: o.RatioOpt = None,
+    exact: o.ExactOpt = None,
     cache: o.CacheOpt = "freqkv",
     device: o.DeviceOpt = "auto",
     dtype: o.DtypeOpt = "auto",
@@ -80,7 +81,7 @@ def chat(
 
       printf 'Who is the narrator?\\nWhere does he go?\\n' | freqkv chat samples/botchan.txt
     """
-    choice = o.CacheChoice(cache, window, sink, recent, ratio, ctx)
+    choice = o.CacheChoice(cache, window, sink, recent, ratio, ctx, exact)
     choice.check()
     readout = Readout(quiet=quiet, force_progress=progress, no_color=o.color_disabled(no_color))
     documents = [open_input(path, password, None) for path in paths or []]  # fail before loading

@@ -107,9 +107,14 @@ def _readout(quiet: bool, progress: bool, no_color: bool) -> Readout:
 
 
 def _policies(
-    kinds: list[str], window: str | None, sink: int | None, recent: int | None, ratio: float | None
+    kinds: list[str],
+    window: str | None,
+    sink: int | None,
+    recent: int | None,
+    ratio: float | None,
+    exact: float | None = None,
 ) -> list[o.CacheChoice]:
-    picked = [o.CacheChoice(kind, window, sink, recent, ratio) for kind in kinds]
+    picked = [o.CacheChoice(kind, window, sink, recent, ratio, None, exact) for kind in kinds]
     for choice in picked:
         choice.check()
     return picked
@@ -166,6 +171,7 @@ def ppl(
     sink: o.SinkOpt = None,
     recent: o.RecentOpt = None,
     ratio: o.RatioOpt = None,
+    exact: o.ExactOpt = None,
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
     untuned: o.UntunedOpt = False,
@@ -199,7 +205,7 @@ def ppl(
       freqkv eval ppl book.txt --lengths 2k,4k,8k --plot ppl.png
     """
     wanted = choices.parse_lengths(lengths)
-    picked = _policies(choices.parse_policies(cache), window, sink, recent, ratio)
+    picked = _policies(choices.parse_policies(cache), window, sink, recent, ratio, exact)
     if plot:
         plots.require_matplotlib()
     readout = _readout(quiet, progress, no_color)
@@ -363,6 +369,7 @@ def needle(
     sink: o.SinkOpt = None,
     recent: o.RecentOpt = None,
     ratio: o.RatioOpt = None,
+    exact: o.ExactOpt = None,
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
     untuned: o.UntunedOpt = False,
@@ -392,7 +399,7 @@ def needle(
     """
     wanted = choices.parse_lengths(lengths)
     where = choices.parse_depths(depths)
-    picked = _policies(choices.parse_policies(cache), window, sink, recent, ratio)
+    picked = _policies(choices.parse_policies(cache), window, sink, recent, ratio, exact)
     if plot:
         plots.require_matplotlib()
     readout = _readout(quiet, progress, no_color)

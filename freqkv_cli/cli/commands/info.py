@@ -20,6 +20,7 @@ def info(
     sink: o.SinkOpt = None,
     recent: o.RecentOpt = None,
     ratio: o.RatioOpt = None,
+    exact: o.ExactOpt = None,
     cache: o.CacheOpt = "freqkv",
     device: o.DeviceOpt = "auto",
     dtype: o.DtypeOpt = "auto",
@@ -38,7 +39,7 @@ def info(
 
       freqkv info --model ./my-model --window 8k --ctx 128k --json
     """
-    choice = o.CacheChoice(cache, window, sink, recent, ratio, ctx)
+    choice = o.CacheChoice(cache, window, sink, recent, ratio, ctx, exact)
     choice.check()
     readout = Readout(quiet=quiet, force_progress=False, no_color=o.color_disabled(no_color))
     loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned), readout)

@@ -1,0 +1,123 @@
+"""The hybrid policy: FreqKV plus exact slots for selected tokens (issue #6)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from freqkv_cli.cache.policy import CachePolicy
+from freqkv_cli.engine.streaming import StreamingEngine
+from freqkv_cli.errors import UsageError
+
+POLICY = CachePolicy("hybrid", 64, 4, 8, 0.5, exact=0.25)
+
+
+def layer0_keys_values(model: torch.nn.Module, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-RoPE keys and values of layer 0 for each token: they depend on the token alone."""
+    attention = model.model.layers[0].self_attn
+    hidden = model.model.layers[0].input_layernorm(model.model.embed_tokens(torch.tensor(ids)))
+    dim = attention.head_dim
+    keys = attention.k_proj(hidden).view(len(ids), -1, dim)
+    if hasattr(attention, "k_norm"):
+        keys = attention.k_norm(keys)
+    values = attention.v_proj(hidden).view(len(ids), -1, dim)
+    return keys.transpose(0, 1), values.transpose(0, 1)  # (Hkv, T, D)
+
+
+@pytest.mark.parametrize("pin", [0, 12])
+def test_exact_slots_hold_the_selected_tokens_exactly_in_stream_order(family: str, pin: int) -> None:
+    model = tiny_model(family)
+    ids = torch.randint(0, 211, (500,), generator=torch.Generator().manual_seed(2)).tolist()
+    engine = StreamingEngine(model, POLICY, max_chunk=11)
+    if pin:
+        engine.feed(ids[:pin], pin=True)
+        assert engine.cache.queries is not None and len(engine.cache.queries) == 2
+    engine.feed(ids[pin:])
+    cache = engine.cache
+    head, exact = cache.head, cache.exact_count
+    assert exact == POLICY.exact_slots() and cache.length <= POLICY.window
+    tokens = cache.exact_tokens[0][0]  # (Hkv, E) stream indices
+    assert (tokens.diff(dim=-1) > 0).all()  # strictly increasing: original order, no duplicates
+    assert (tokens >= head).all() and (tokens < len(ids) - POLICY.recent).all()
+    with torch.no_grad():
+        keys, values = layer0_keys_values(model, ids)
+        layer = cache.layers[0]
+        for h in range(keys.shape[0]):
+            want_k = cache.rotation.rotate(
+                keys[h][tokens[h]][None, None].float(), torch.arange(head, head + exact)
+            )[0, 0]
+            torch.testing.assert_close(layer.keys[0, h, head : head + exact], want_k, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(layer.values[0, h, head : head + exact], values[h][tokens[h]])
+        # The recent tokens are exact too, at the end of the cache.
+        recent_k = cache.rotation.rotate(
+            keys[:, -POLICY.recent :][None].float(), torch.arange(cache.length - POLICY.recent, cache.length)
+        )[0]
+        torch.testing.assert_close(
+            layer.keys[0, :, cache.length - POLICY.recent : cache.length], recent_k, atol=2e-5, rtol=1e-5
+        )
+
+
+def test_query_aware_selection_keeps_the_token_the_question_points_at() -> None:
+    """A question whose query is a token's own (pre-RoPE) key picks that token among the candidates."""
+    model = tiny_model("llama")
+    ids = torch.randint(0, 211, (64,), generator=torch.Generator().manual_seed(4)).tolist()
+    target = 30
+    with torch.no_grad():
+        keys, _ = layer0_keys_values(model, ids)
+    engine = StreamingEngine(model, POLICY)
+    engine.feed(ids)  # exactly one full window, no compression yet
+    assert engine.cache.length == POLICY.window and engine.cache.exact_count == 0
+    heads = model.config.num_attention_heads
+    group = heads // model.config.num_key_value_heads
+    # A pre-RoPE query that, rotated to the last slot (where the cache puts the question),
+    # equals the target's stored key: the direction the question "points at".
+    rotation = engine.cache.rotation
+    stored = rotation.rotate(keys[None, :, target : target + 1].float(), torch.tensor([target]))
+    query = rotation.unrotate(stored, torch.tensor([POLICY.window - 1]))[0, :, 0]  # (Hkv, D)
+    query = query.repeat_interleave(group, dim=0)  # each query head gets its KV head's direction
+    queries = [query[None, :, None] * 8.0 for _ in model.model.layers]  # sharp attention
+    engine.cache.set_queries(queries)
+    engine.cache.compress()
+    picked = engine.cache.exact_tokens[0][0]
+    # Scores are max-pooled over 7 neighbours (SnapKV): the picks are the target's neighbourhood.
+    assert ((picked - target).abs() <= 3).all(), picked
+    knorm = StreamingEngine(model, POLICY)
+    knorm.feed(ids)
+    knorm.cache.compress()  # no question: key-norm selection, a different choice
+    assert not torch.equal(knorm.cache.exact_tokens[0][0], picked)
+
+
+def test_hybrid_memory_is_bounded_and_the_stream_goes_on(family: str) -> None:
+    model = tiny_model(family)
+    engine = StreamingEngine(model, POLICY, max_chunk=64)
+    ids = torch.randint(0, 211, (2000,), generator=torch.Generator().manual_seed(0)).tolist()
+    nll = engine.score(ids)
+    assert len(nll) == len(ids) - 1 and torch.isfinite(nll).all()
+    stats = engine.stats()
+    assert stats.entries <= POLICY.window and stats.compressions > 20
+    result = engine.generate(max_new_tokens=40)
+    assert len(result.token_ids) == 40 and engine.cache.length <= POLICY.window
+
+
+def test_hybrid_without_selection_budget_matches_the_exact_count() -> None:
+    policy = CachePolicy("hybrid", 1024, 4, 128, 0.5, exact=0.25)
+    assert policy.exact_slots() == 256 and policy.quota() == 64
+    assert math.isclose(policy.exact, 0.25)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(exact=0.0), "exact share"),
+        (dict(exact=1.0), "exact share"),
+        (dict(window=64, recent=40, exact=0.3), "no room to compress"),
+    ],
+)
+def test_hybrid_settings_are_validated(changes: dict, message: str) -> None:
+    settings = dict(kind="hybrid", window=1024, sink=4, recent=128, ratio=0.5, exact=0.25)
+    settings.update(changes)
+    with pytest.raises(UsageError, match=message):
+        CachePolicy(**settings)
