@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_model
 
 from freqkv_cli.cache.policy import CachePolicy
+from freqkv_cli.cache.window_cache import POOL
 from freqkv_cli.engine.streaming import StreamingEngine
 from freqkv_cli.errors import UsageError
 
@@ -82,8 +83,8 @@ def test_query_aware_selection_keeps_the_token_the_question_points_at() -> None:
     engine.cache.set_queries(queries)
     engine.cache.compress()
     picked = engine.cache.exact_tokens[0][0]
-    # Scores are max-pooled over 7 neighbours (SnapKV): the picks are the target's neighbourhood.
-    assert ((picked - target).abs() <= 3).all(), picked
+    # Scores are max-pooled over POOL neighbours (SnapKV): the picks are the target's neighbourhood.
+    assert ((picked - target).abs() <= POOL // 2).all(), picked
     knorm = StreamingEngine(model, POLICY)
     knorm.feed(ids)
     knorm.cache.compress()  # no question: key-norm selection, a different choice

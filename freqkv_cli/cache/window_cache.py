@@ -274,12 +274,20 @@ class WindowedCache(Cache):
         z = c + candidates - take  # entries that go through the low-pass
         kept = math.floor(z * policy.ratio) if z > 1 else z
         first_token = self.tokens_seen - (window - tail)  # stream index of slot `tail`
+        # One choice for every layer and head: scores averaged over them. Chosen per layer, the
+        # early layers (whose queries are not yet about meaning) kept other tokens and blurred
+        # the needle there (measured: the pass key came back garbled).
+        per_layer = [
+            self._scores(i, layer.keys[:, :, tail : tail + candidates]) for i, layer in enumerate(self.layers)
+        ]
+        mean_score = torch.stack([_standardize(x) for x in per_layer]).mean(dim=(0, 2))  # (B, n)
+        top = _select_spans(mean_score, take, POOL // 2)  # (B, take) slot offsets, in stream order
+        top = top[:, None].expand(-1, per_layer[0].shape[1], -1)  # (B, Hkv, take)
+        score = mean_score[:, None].expand(-1, per_layer[0].shape[1], -1)  # (B, Hkv, n)
         for index, layer in enumerate(self.layers):
             keys, values = layer.keys, layer.values
             device = keys.device
             cand_k = keys[:, :, tail : tail + candidates]
-            score = self._scores(index, cand_k)  # (B, Hkv, candidates)
-            top = score.topk(take, dim=-1).indices.sort(dim=-1).values  # slot offsets, in order
             # Exact pool: the old exact entries and the new picks; keep the best new_e by score.
             pool_k = torch.cat([keys[:, :, head : head + e], _gather(cand_k, top)], dim=-2)
             pool_v = torch.cat(
@@ -358,7 +366,7 @@ class WindowedCache(Cache):
         q = q.view(batch, kv_heads, heads // kv_heads, tq, dim)
         logits = torch.einsum("bhgtd,bhnd->bhgtn", q, cand_k.float()) / math.sqrt(dim)
         attention = torch.softmax(logits, dim=-1).mean(dim=(2, 3))
-        return torch.nn.functional.max_pool1d(attention, kernel_size=7, stride=1, padding=3)
+        return attention
 
     # -- readouts -----------------------------------------------------------------------
     def stats(self) -> CacheStats:
@@ -374,6 +382,36 @@ class WindowedCache(Cache):
             full_kv_bytes=int(per_token * self.tokens_seen),
             compress_seconds=self.compress_seconds,
         )
+
+
+# A selected token brings its neighbours along (a span of POOL around it): a fact is a phrase,
+# not a token. SnapKV max-pools scores over 7 neighbours instead; measured here, that (and
+# pooling over 15) kept scattered pieces of a 14-token pass-key sentence and lost its digits.
+POOL = 15
+
+
+def _select_spans(score: torch.Tensor, take: int, radius: int) -> torch.Tensor:
+    """``(B, n)`` scores -> ``(B, take)`` sorted indices: best token first, with its +-radius
+    neighbours, then the next best outside the spans taken, until ``take`` are chosen."""
+    batch, n = score.shape
+    chosen = torch.zeros(batch, n, dtype=torch.bool, device=score.device)
+    for row in range(batch):
+        left = score[row].clone()
+        while int(chosen[row].sum()) < take:
+            centre = int(left.argmax())
+            if left[centre] == float("-inf"):
+                break
+            span = torch.arange(max(0, centre - radius), min(n, centre + radius + 1), device=score.device)
+            span = span[~chosen[row, span]][: take - int(chosen[row].sum())]
+            chosen[row, span] = True
+            left[span] = float("-inf")
+            left[centre] = float("-inf")
+    return chosen.nonzero()[:, 1].reshape(batch, take)
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    """Scores of one layer made comparable with other layers': zero mean, unit spread per head."""
+    return (x - x.mean(dim=-1, keepdim=True)) / (x.std(dim=-1, keepdim=True) + 1e-6)
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
