@@ -122,3 +122,22 @@ def test_hybrid_settings_are_validated(changes: dict, message: str) -> None:
     settings.update(changes)
     with pytest.raises(UsageError, match=message):
         CachePolicy(**settings)
+
+
+def test_surprise_scores_are_the_streamed_token_losses() -> None:
+    """The surprise selector's per-slot scores equal the NLL that score() reports for those tokens."""
+    model = tiny_model("llama")
+    policy = CachePolicy("hybrid", 64, 4, 8, 0.5, exact=0.25, selector="surprise")
+    ids = torch.randint(0, 211, (60,), generator=torch.Generator().manual_seed(9)).tolist()
+    engine = StreamingEngine(model, policy, max_chunk=7)
+    nll = engine.score(ids)  # 60 tokens: no compression yet
+    surprise = engine.cache.surprise[0, 1:60]
+    torch.testing.assert_close(surprise, nll, atol=1e-5, rtol=1e-5)
+    more = torch.randint(0, 211, (300,), generator=torch.Generator().manual_seed(10)).tolist()
+    engine.score(more)  # compressions with surprise-based selection run and stay bounded
+    assert engine.cache.exact_count == policy.exact_slots() and engine.cache.length <= policy.window
+
+
+def test_unknown_selector_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="selector"):
+        CachePolicy("hybrid", 1024, 4, 128, 0.5, selector="oracle")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from ..errors import UsageError
 
 POLICIES = ("freqkv", "sink", "full", "hybrid")
+SELECTORS = ("surprise", "attention")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class CachePolicy:
             two policies run the same chunk schedule and hold the same memory.
     exact:  hybrid only: share of N reserved for exact (selected) tokens, E = floor(N * exact);
             each round selects up to max(1, E // 4) new ones, the best E are kept.
+    selector: hybrid only: ``attention`` (attention from a pinned question, else low key norm)
+            or ``surprise`` (the tokens the model predicted worst; experimental, see BENCHMARKS §6).
     """
 
     kind: str = "freqkv"
@@ -35,6 +38,7 @@ class CachePolicy:
     recent: int = 0
     ratio: float = 0.5
     exact: float = 0.25
+    selector: str = "attention"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -53,6 +57,8 @@ class CachePolicy:
         if not (0.0 < self.ratio < 1.0) or math.isnan(self.ratio):
             raise UsageError(f"ratio {self.ratio} must be strictly between 0 and 1")
         if self.kind == "hybrid":
+            if self.selector not in SELECTORS:
+                raise UsageError(f"unknown selector {self.selector!r}: use one of {', '.join(SELECTORS)}")
             if not (0.0 < self.exact < 1.0) or math.isnan(self.exact):
                 raise UsageError(f"exact share {self.exact} must be strictly between 0 and 1")
             free = self.window - head - self.exact_slots() - self.recent - self.quota()

@@ -151,6 +151,13 @@ class WindowedCache(Cache):
         self.exact_tokens: list[torch.Tensor | None] = [None] * len(self.layers)  # (B, Hkv, e) stream index
         self.exact_scores: list[torch.Tensor | None] = [None] * len(self.layers)  # (B, Hkv, e)
         self.queries: list[torch.Tensor] | None = None  # per layer (B, Hq, Tq, D), pre-RoPE
+        self.surprise: torch.Tensor | None = None  # (B, window): NLL of the token in each slot
+
+    def record_surprise(self, start: int, nll: torch.Tensor) -> None:
+        """``nll`` ``(B, n)`` of the tokens just written to slots ``start .. start + n - 1``."""
+        if self.surprise is None:
+            self.surprise = nll.new_zeros((nll.shape[0], self.policy.window))
+        self.surprise[:, start : start + nll.shape[1]] = nll.float()
 
     def set_queries(self, queries: list[torch.Tensor] | None) -> None:
         """Question queries per layer (pre-RoPE) for query-aware selection of exact tokens."""
@@ -277,13 +284,18 @@ class WindowedCache(Cache):
         # One choice for every layer and head: scores averaged over them. Chosen per layer, the
         # early layers (whose queries are not yet about meaning) kept other tokens and blurred
         # the needle there (measured: the pass key came back garbled).
-        per_layer = [
-            self._scores(i, layer.keys[:, :, tail : tail + candidates]) for i, layer in enumerate(self.layers)
-        ]
-        mean_score = torch.stack([_standardize(x) for x in per_layer]).mean(dim=(0, 2))  # (B, n)
+        kv_heads = self.layers[0].keys.shape[1]
+        if self.policy.selector == "surprise" and self.surprise is not None:
+            mean_score = self.surprise[:, tail : tail + candidates]
+        else:
+            per_layer = [
+                self._scores(i, layer.keys[:, :, tail : tail + candidates])
+                for i, layer in enumerate(self.layers)
+            ]
+            mean_score = torch.stack([_standardize(x) for x in per_layer]).mean(dim=(0, 2))  # (B, n)
         top = _select_spans(mean_score, take, POOL // 2)  # (B, take) slot offsets, in stream order
-        top = top[:, None].expand(-1, per_layer[0].shape[1], -1)  # (B, Hkv, take)
-        score = mean_score[:, None].expand(-1, per_layer[0].shape[1], -1)  # (B, Hkv, n)
+        top = top[:, None].expand(-1, kv_heads, -1)  # (B, Hkv, take)
+        score = mean_score[:, None].expand(-1, kv_heads, -1)  # (B, Hkv, n)
         for index, layer in enumerate(self.layers):
             keys, values = layer.keys, layer.values
             device = keys.device
@@ -341,6 +353,10 @@ class WindowedCache(Cache):
             layer.keys[:, :, moved_to : moved_to + recent] = moved_k.to(keys.dtype)
             layer.values[:, :, moved_to : moved_to + recent] = moved_v
             layer.length = moved_to + recent
+        if self.surprise is not None:  # the recent tokens' scores move with them
+            self.surprise[:, moved_to : moved_to + recent] = self.surprise[
+                :, window - recent : window
+            ].clone()
         self.exact_count, self.compressed_count = new_e, kept
 
     def _exact_tokens(self, index: int, lead: torch.Size, device: torch.device) -> torch.Tensor:

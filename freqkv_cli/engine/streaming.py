@@ -88,6 +88,7 @@ class StreamingEngine:
         """Append ``ids`` with compression as the window fills; yields (chunk, hidden) per forward."""
         ids = list(ids)
         pos = 0
+        previous = self._last_hidden
         while pos < len(ids):
             room = self.cache.room()
             if room == 0:
@@ -95,9 +96,28 @@ class StreamingEngine:
                 room = self.cache.room()
             size = min(len(ids) - pos, self.max_chunk, room if room is not None else len(ids))
             chunk = ids[pos : pos + size]
+            start = self.cache.length
             hidden = self._forward(chunk)
+            if self.policy.kind == "hybrid" and self.policy.selector == "surprise":
+                self._record_surprise(start, chunk, hidden, previous)
+            previous = hidden[:, -1]
             pos += size
             yield chunk, hidden
+
+    @torch.inference_mode()
+    def _record_surprise(
+        self, start: int, chunk: Sequence[int], hidden: torch.Tensor, previous: torch.Tensor | None
+    ) -> None:
+        """How unexpected each new token was (its NLL given what came before): names, numbers and
+        dates a question may ask for are the tokens a language model predicts worst."""
+        inputs = hidden[:, :-1] if previous is None else torch.cat([previous[:, None], hidden[:, :-1]], dim=1)
+        targets = torch.tensor([list(chunk)], device=hidden.device)
+        if previous is None:
+            targets = targets[:, 1:]
+        nll = -torch.log_softmax(self.logits(inputs), dim=-1).gather(-1, targets[..., None])[..., 0]
+        if previous is None:  # the very first token: nothing predicted it
+            nll = torch.cat([nll.new_zeros((nll.shape[0], 1)), nll], dim=1)
+        self.cache.record_surprise(start, nll)
 
     def feed(
         self,
