@@ -561,3 +561,17 @@ def test_trainable_params_that_do_not_fit(adapter: Adapter, tmp_path: Path, payl
     folder = copy_folder(adapter.folder, tmp_path / "adapter")
     torch.save(payload, folder / "trainable_params.bin")
     assert "trainable_params" in one_line_error(ModelError, str(folder), device="cpu")
+
+
+def test_freqkv_adapter_env_names_the_default_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from freqkv_cli.models.default import SHIPPED_ADAPTER, shipped_adapter_path
+
+    monkeypatch.delenv("FREQKV_ADAPTER", raising=False)
+    assert shipped_adapter_path() == SHIPPED_ADAPTER  # the package ships one
+    monkeypatch.setenv("FREQKV_ADAPTER", str(tmp_path))
+    with pytest.raises(ModelError, match="not an adapter folder"):
+        shipped_adapter_path()
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert shipped_adapter_path() == tmp_path
