@@ -30,18 +30,23 @@ POLICIES = [
 ]
 
 
-def grouped_nll(model: torch.nn.Module, ids: torch.Tensor, policy: CachePolicy) -> torch.Tensor:
-    """Per-token NLL of one ``(T,)`` sequence through the grouped training forward."""
+def grouped_logits(model: torch.nn.Module, ids: torch.Tensor, policy: CachePolicy) -> torch.Tensor:
+    """``(T, vocab)`` logits of one ``(T,)`` sequence through the grouped training forward."""
     grouped_attention.register()
     previous = model.config._attn_implementation
     model.set_attn_implementation(grouped_attention.ATTENTION_NAME)
     try:
         schedule = grouped_attention.GroupSchedule.build(policy, model.model.rotary_emb, len(ids))
-        logits = model(
+        return model(
             input_ids=ids[None], position_ids=schedule.positions[None], freqkv_schedule=schedule
-        ).logits[0, :-1]
+        ).logits[0]
     finally:
         model.set_attn_implementation(previous)
+
+
+def grouped_nll(model: torch.nn.Module, ids: torch.Tensor, policy: CachePolicy) -> torch.Tensor:
+    """Per-token NLL of one ``(T,)`` sequence through the grouped training forward."""
+    logits = grouped_logits(model, ids, policy)[:-1]
     return -torch.log_softmax(logits.float(), -1).gather(-1, ids[1:, None])[:, 0]
 
 
@@ -283,12 +288,11 @@ def test_distillation_loss_is_the_kl_to_the_full_cache_base(base: Path, tmp_path
     plain = load_model(str(base), device="cpu").model
     with torch.no_grad():
         teacher = torch.log_softmax(plain(sequence).logits[0, :-1].float(), -1)
-        student_nll = grouped_nll(plain, sequence[0], trainer.config.policy)  # only to check the setup
         student = torch.log_softmax(
-            _grouped_logits(plain, sequence[0], trainer.config.policy)[:-1].float(), -1
+            grouped_logits(plain, sequence[0], trainer.config.policy)[:-1].float(), -1
         )
     kl = (teacher.exp() * (teacher - student)).sum(-1)
-    assert count == 159 and student_nll.shape == (159,)
+    assert count == 159 and student.shape[0] == 159
     assert got.item() == pytest.approx(kl.sum().item(), rel=1e-4)
     assert kl[: 48 - 1].abs().max() < 1e-5  # the first window is exact: nothing to learn there
     assert kl[48:].sum() > 0.01
@@ -297,16 +301,3 @@ def test_distillation_loss_is_the_kl_to_the_full_cache_base(base: Path, tmp_path
 def test_distillation_beyond_the_native_window_is_refused(base: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="within the model's window"):
         make_trainer(base, tmp_path / "out", distill=0.5, seq_len=5000)
-
-
-def _grouped_logits(model: torch.nn.Module, ids: torch.Tensor, policy: CachePolicy) -> torch.Tensor:
-    grouped_attention.register()
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(grouped_attention.ATTENTION_NAME)
-    try:
-        schedule = grouped_attention.GroupSchedule.build(policy, model.model.rotary_emb, len(ids))
-        return model(
-            input_ids=ids[None], position_ids=schedule.positions[None], freqkv_schedule=schedule
-        ).logits[0]
-    finally:
-        model.set_attn_implementation(previous)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .compress_round import compress_round
 from .dct import lowpass
 from .policy import CachePolicy
 from .rotary import KeyRotation
@@ -220,17 +221,13 @@ class WindowedCache(Cache):
         head, recent = self.head, self.policy.recent
         if self.policy.kind == "hybrid":
             self._compress_hybrid(head, recent)
-            self.compressions += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.compress_seconds += time.perf_counter() - started
-            return
-        span, kept = self.policy.span(head), self.policy.kept(head)
-        # Layers go in batches (layers, batch, heads, seq, head_dim): fewer kernel launches on
-        # GPUs, with bounded float32 scratch; on CPUs one layer at a time measured fastest.
-        group = 1 if device.type == "cpu" else 4
-        for first in range(0, len(self.layers), group):
-            self._compress_layers(self.layers[first : first + group], head, span, kept, recent)
+        else:
+            span, kept = self.policy.span(head), self.policy.kept(head)
+            # Layers go in batches (layers, batch, heads, seq, head_dim): fewer kernel launches on
+            # GPUs, with bounded float32 scratch; on CPUs one layer at a time measured fastest.
+            group = 1 if device.type == "cpu" else 4
+            for first in range(0, len(self.layers), group):
+                self._compress_layers(self.layers[first : first + group], head, span, kept, recent)
         self.compressions += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -239,34 +236,29 @@ class WindowedCache(Cache):
     def _compress_layers(
         self, layers: list[WindowLayer], head: int, span: int, kept: int, recent: int
     ) -> None:
-        device = layers[0].keys.device
-        window = self.policy.window
-        if self.policy.kind == "freqkv":
-            old_pos = torch.arange(head, head + span, device=device)
-            new_pos = torch.arange(head, head + kept, device=device)
-            keys = torch.stack([layer.keys[:, :, head : head + span] for layer in layers]).float()
-            values = torch.stack([layer.values[:, :, head : head + span] for layer in layers]).float()
-            # Keys go back to pre-RoPE, are low-passed with the values, then rotated to their new slots.
-            both = torch.cat([self.rotation.unrotate(keys, old_pos), values])
+        def read(begin: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+            keys = torch.stack([layer.keys[:, :, begin:end] for layer in layers])
+            return keys, torch.stack([layer.values[:, :, begin:end] for layer in layers])
+
+        pieces = compress_round(
+            read,
+            kind=self.policy.kind,
+            head=head,
+            span=span,
+            kept=kept,
+            window=self.policy.window,
+            rotation=self.rotation,
+            method=self.lowpass_method,
             # 16-bit caches may use TF32 for the DCT matmul (measured on an H100: 112 -> 65 ms a round).
-            tf32 = layers[0].keys.dtype in (torch.bfloat16, torch.float16)
-            low = lowpass(both, kept, -2, self.lowpass_method, tf32=tf32)
-            new_keys = self.rotation.rotate(low[: len(layers)], new_pos)
-            new_values = low[len(layers) :]
-            moved_from, moved_to = head + span, head + kept
-        else:  # sink: drop the oldest span - kept entries after the head, shift the rest down
-            new_keys = new_values = None
-            moved_from, moved_to = head + span - kept, head
-        moved_keys = torch.stack([layer.keys[:, :, moved_from:window] for layer in layers]).float()
-        moved_keys = self.rotation.shift(moved_keys, moved_from, moved_to)
-        moved_values = torch.stack([layer.values[:, :, moved_from:window] for layer in layers])
-        end = moved_to + moved_keys.shape[-2]
+            tf32=layers[0].keys.dtype in (torch.bfloat16, torch.float16),
+        )
         for index, layer in enumerate(layers):
-            if new_keys is not None:
-                layer.keys[:, :, head : head + kept] = new_keys[index].to(layer.keys.dtype)
-                layer.values[:, :, head : head + kept] = new_values[index].to(layer.values.dtype)
-            layer.keys[:, :, moved_to:end] = moved_keys[index].to(layer.keys.dtype)
-            layer.values[:, :, moved_to:end] = moved_values[index]
+            slot = head
+            for keys, values in pieces:
+                size = keys.shape[-2]
+                layer.keys[:, :, slot : slot + size] = keys[index].to(layer.keys.dtype)
+                layer.values[:, :, slot : slot + size] = values[index].to(layer.values.dtype)
+                slot += size
             layer.length = head + kept + recent
 
     def _compress_hybrid(self, head: int, recent: int) -> None:
@@ -371,7 +363,7 @@ class WindowedCache(Cache):
         """``(B, Hkv, n)``: attention from the pinned question if there is one, else low key norm.
 
         The question's queries are rotated to the last slot, so they look back at the candidates
-        as a question asked after the text would (SnapKV pools over heads and neighbours too).
+        as a question asked after the text would; averaged over query heads and question tokens.
         """
         if self.queries is None:
             return -cand_k.float().norm(dim=-1)

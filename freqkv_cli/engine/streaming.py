@@ -294,7 +294,6 @@ class _QueryCapture:
     """Records every layer's query states (pre-RoPE, after any per-head norm) while active."""
 
     def __init__(self, model: PreTrainedModel) -> None:
-        self.model = model
         self.layers = model.model.layers
         self.pieces: list[list[torch.Tensor]] = [[] for _ in self.layers]
         self.handles: list = []

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache.dct import lowpass
+from ..cache.compress_round import compress_round
 from ..cache.policy import CachePolicy
 from ..cache.rotary import KeyRotation
 
@@ -67,29 +67,21 @@ class GroupSchedule:
 
     # -- one compression round on (batch, kv_heads, N, head_dim) keys and values --------
     def compress(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        policy = self.policy
-        head = policy.sink
-        span, kept = policy.span(), policy.kept()
-        window = keys.shape[-2]
-        device, dtype = keys.device, keys.dtype
-        parts_k, parts_v = [keys[:, :, :head]], [values[:, :, :head]]
-        if policy.kind == "freqkv":
-            old = torch.arange(head, head + span, device=device)
-            new = torch.arange(head, head + kept, device=device)
-            # float32 inside, as at inference: un-rotate, low-pass keys and values, re-rotate.
-            middle_k = self.rotation.unrotate(keys[:, :, head : head + span].float(), old)
-            low_k = lowpass(middle_k, kept, -2, self.lowpass_method)
-            low_v = lowpass(values[:, :, head : head + span].float(), kept, -2, self.lowpass_method)
-            parts_k.append(self.rotation.rotate(low_k, new).to(dtype))
-            parts_v.append(low_v.to(dtype))
-            moved_from, moved_to = head + span, head + kept
-        else:  # sink: drop the oldest span - kept entries, shift the rest down
-            moved_from, moved_to = head + span - kept, head
-        if moved_from < window:
-            moved = self.rotation.shift(keys[:, :, moved_from:window].float(), moved_from, moved_to)
-            parts_k.append(moved.to(dtype))
-            parts_v.append(values[:, :, moved_from:window])
-        return torch.cat(parts_k, dim=-2), torch.cat(parts_v, dim=-2)
+        """The inference round (:func:`compress_round`), out of place, so autograd follows it."""
+        policy, head = self.policy, self.policy.sink
+        pieces = compress_round(
+            lambda begin, end: (keys[:, :, begin:end], values[:, :, begin:end]),
+            kind=policy.kind,
+            head=head,
+            span=policy.span(),
+            kept=policy.kept(),
+            window=keys.shape[-2],
+            rotation=self.rotation,
+            method=self.lowpass_method,
+        )
+        all_keys = [keys[:, :, :head], *(k.to(keys.dtype) for k, _ in pieces)]
+        all_values = [values[:, :, :head], *(v.to(values.dtype) for _, v in pieces)]
+        return torch.cat(all_keys, dim=-2), torch.cat(all_values, dim=-2)
 
 
 def grouped_attention(
@@ -116,14 +108,13 @@ def grouped_attention(
     gqa = query.shape[1] != key.shape[1]
     outputs = []
     cache_k = cache_v = None
-    for index, (start, end) in enumerate(schedule.groups):
+    for start, end in schedule.groups:
         q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
         if cache_k is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
             cache_k, cache_v = k, v
         else:
-            if index > 0:
-                cache_k, cache_v = schedule.compress(cache_k, cache_v)
+            cache_k, cache_v = schedule.compress(cache_k, cache_v)
             held, size = cache_k.shape[-2], end - start
             keys = torch.cat([cache_k, k], dim=-2)
             values = torch.cat([cache_v, v], dim=-2)

@@ -146,8 +146,6 @@ def finetune(
 
     readout = Readout(quiet=quiet, force_progress=progress, no_color=o.color_disabled(no_color))
     policy = CachePolicy(kind=cache, window=parse_size(window), sink=sink, recent=recent, ratio=ratio)
-    if cache not in ("freqkv", "sink"):
-        raise UsageError("--cache must be freqkv or sink for fine-tuning")
     config = FinetuneConfig(
         policy=policy, seq_len=parse_size(seq_len), steps=steps, lr=lr, warmup=warmup, batch=batch,
         micro_batch=micro_batch, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
