@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_model
 
 from freqkv_cli.cache.policy import CachePolicy
-from freqkv_cli.cache.window_cache import POOL
+from freqkv_cli.cache.window_cache import SPAN_LEFT, SPAN_RIGHT
 from freqkv_cli.engine.streaming import StreamingEngine
 from freqkv_cli.errors import UsageError
 
@@ -34,8 +34,11 @@ def test_exact_slots_hold_the_selected_tokens_exactly_in_stream_order(family: st
     ids = torch.randint(0, 211, (500,), generator=torch.Generator().manual_seed(2)).tolist()
     engine = StreamingEngine(model, POLICY, max_chunk=11)
     if pin:
-        engine.feed(ids[:pin], pin=True)
+        engine.feed(ids[: pin // 2], pin=True)
+        assert engine.cache.queries is None  # pinned, but not a question
+        engine.feed(ids[pin // 2 : pin], pin=True, question=True)
         assert engine.cache.queries is not None and len(engine.cache.queries) == 2
+        assert engine.cache.queries[0].shape[-2] == pin - pin // 2  # the question's tokens only
     engine.feed(ids[pin:])
     cache = engine.cache
     head, exact = cache.head, cache.exact_count
@@ -83,8 +86,8 @@ def test_query_aware_selection_keeps_the_token_the_question_points_at() -> None:
     engine.cache.set_queries(queries)
     engine.cache.compress()
     picked = engine.cache.exact_tokens[0][0]
-    # Scores are max-pooled over POOL neighbours (SnapKV): the picks are the target's neighbourhood.
-    assert ((picked - target).abs() <= POOL // 2).all(), picked
+    # A pick brings its span along: the picks are the target's neighbourhood.
+    assert ((picked - target >= -SPAN_LEFT) & (picked - target <= SPAN_RIGHT)).all(), picked
     knorm = StreamingEngine(model, POLICY)
     knorm.feed(ids)
     knorm.cache.compress()  # no question: key-norm selection, a different choice

@@ -152,6 +152,7 @@ class WindowedCache(Cache):
         self.exact_tokens: list[torch.Tensor | None] = [None] * len(self.layers)  # (B, Hkv, e) stream index
         self.exact_scores: list[torch.Tensor | None] = [None] * len(self.layers)  # (B, Hkv, e)
         self.queries: list[torch.Tensor] | None = None  # per layer (B, Hq, Tq, D), pre-RoPE
+        self.head_weights: torch.Tensor | None = None  # (layers, Hq): which query heads score
         self.surprise: torch.Tensor | None = None  # (B, window): NLL of the token in each slot
 
     def record_surprise(self, start: int, nll: torch.Tensor) -> None:
@@ -160,9 +161,16 @@ class WindowedCache(Cache):
             self.surprise = nll.new_zeros((nll.shape[0], self.policy.window))
         self.surprise[:, start : start + nll.shape[1]] = nll.float()
 
-    def set_queries(self, queries: list[torch.Tensor] | None) -> None:
-        """Question queries per layer (pre-RoPE) for query-aware selection of exact tokens."""
+    def set_queries(
+        self, queries: list[torch.Tensor] | None, head_weights: torch.Tensor | None = None
+    ) -> None:
+        """Question queries per layer (pre-RoPE) for query-aware selection of exact tokens.
+
+        ``head_weights`` ``(layers, Hq)``: how much each query head's attention counts (a
+        retrieval-head profile, see :mod:`.head_profile`); None counts every head the same.
+        """
         self.queries = queries
+        self.head_weights = None if head_weights is None else head_weights.float().cpu()
 
     # -- what the engine asks -------------------------------------------------------
     @property
@@ -280,14 +288,12 @@ class WindowedCache(Cache):
         if self.policy.selector == "surprise" and self.surprise is not None:
             mean_score = self.surprise[:, tail : tail + candidates]
         else:
-            per_layer = [
-                self._scores(i, layer.keys[:, :, tail : tail + candidates])
-                for i, layer in enumerate(self.layers)
-            ]
-            mean_score = torch.stack([_standardize(x) for x in per_layer]).mean(dim=(0, 2))  # (B, n)
-        top = _select_spans(mean_score, take, POOL // 2)  # (B, take) slot offsets, in stream order
+            mean_score = self._combined_scores(tail, candidates)  # (B, n)
+        # (B, take) slot offsets in stream order, each with the score of the span it belongs to:
+        # later rounds then keep or drop whole spans, never the low-scoring middle of a fact.
+        top, span_score = _select_spans(mean_score, take)
         top = top[:, None].expand(-1, kv_heads, -1)  # (B, Hkv, take)
-        score = mean_score[:, None].expand(-1, kv_heads, -1)  # (B, Hkv, n)
+        span_score = span_score[:, None].expand(-1, kv_heads, -1)  # (B, Hkv, take)
         for index, layer in enumerate(self.layers):
             keys, values = layer.keys, layer.values
             device = keys.device
@@ -302,9 +308,7 @@ class WindowedCache(Cache):
             pool_tok = torch.cat(
                 [self._exact_tokens(index, top.shape[:2], device), first_token + top], dim=-1
             )
-            pool_score = torch.cat(
-                [self._exact_scores(index, top.shape[:2], device), score.gather(-1, top)], -1
-            )
+            pool_score = torch.cat([self._exact_scores(index, top.shape[:2], device), span_score], -1)
             keep = pool_score.topk(new_e, dim=-1).indices
             keep = keep.gather(-1, pool_tok.gather(-1, keep).argsort(dim=-1))  # stream order
             exact_k = self.rotation.rotate(
@@ -359,11 +363,40 @@ class WindowedCache(Cache):
         found = self.exact_scores[index]
         return found if found is not None else torch.empty(*lead, 0, device=device)
 
-    def _scores(self, index: int, cand_k: torch.Tensor) -> torch.Tensor:
-        """``(B, Hkv, n)``: attention from the pinned question if there is one, else low key norm.
+    def _combined_scores(self, tail: int, candidates: int) -> torch.Tensor:
+        """``(B, n)``: one score per candidate slot, for every layer and head to share.
+
+        Each scoring head's scores are standardized (so layers and heads are comparable),
+        then averaged with the head weights. With a question, most heads of a small model
+        attend everywhere; a few retrieval heads find the answer (measured: the pass-key
+        sentence ranked 10th-75th of 900 tokens by the mean of all heads, 0th-3rd by the
+        8 heads a calibration on other facts picked; docs/BENCHMARKS.md section 6).
+        """
+        total: torch.Tensor | None = None
+        weight_sum = 0.0
+        for index, layer in enumerate(self.layers):
+            weights = None
+            if self.queries is not None and self.head_weights is not None:
+                weights = self.head_weights[index]
+                if not bool((weights > 0).any()):
+                    continue  # no scoring head in this layer: skip its attention entirely
+            scores = _standardize(self.question_scores(index, layer.keys[:, :, tail : tail + candidates]))
+            if weights is None:
+                part, weight = scores.sum(dim=1), float(scores.shape[1])
+            else:
+                part = torch.einsum("bhn,h->bn", scores, weights.to(scores.device))
+                weight = float(weights.sum())
+            total = part if total is None else total + part
+            weight_sum += weight
+        assert total is not None, "a head profile must weight at least one head"
+        return total / weight_sum
+
+    def question_scores(self, index: int, cand_k: torch.Tensor) -> torch.Tensor:
+        """Attention from the pinned question per query head ``(B, Hq, n)`` if there is one,
+        else low key norm per KV head ``(B, Hkv, n)``.
 
         The question's queries are rotated to the last slot, so they look back at the candidates
-        as a question asked after the text would; averaged over query heads and question tokens.
+        as a question asked after the text would; averaged over the question's tokens.
         """
         if self.queries is None:
             return -cand_k.float().norm(dim=-1)
@@ -373,8 +406,7 @@ class WindowedCache(Cache):
         q = self.rotation.rotate(q, torch.full((tq,), self.policy.window - 1, device=q.device))
         q = q.view(batch, kv_heads, heads // kv_heads, tq, dim)
         logits = torch.einsum("bhgtd,bhnd->bhgtn", q, cand_k.float()) / math.sqrt(dim)
-        attention = torch.softmax(logits, dim=-1).mean(dim=(2, 3))
-        return attention
+        return torch.softmax(logits, dim=-1).mean(dim=3).flatten(1, 2)
 
     # -- readouts -----------------------------------------------------------------------
     def stats(self) -> CacheStats:
@@ -392,29 +424,36 @@ class WindowedCache(Cache):
         )
 
 
-# A selected token brings its neighbours along (a span of POOL around it): a fact is a phrase,
-# not a token. SnapKV max-pools scores over 7 neighbours instead; measured here, that (and
-# pooling over 15) kept scattered pieces of a 14-token pass-key sentence and lost its digits.
-POOL = 15
+# A selected token brings its neighbours along: a fact is a phrase, not a token. The span
+# reaches further right than left because the tokens a question matches ("pass key is",
+# "was called") come before the answer. Measured on the pass-key needle: a centred span of
+# 15 cut "The pass key is 35209|80" after the digits, and the model then invented the rest.
+SPAN_LEFT, SPAN_RIGHT = 3, 11
 
 
-def _select_spans(score: torch.Tensor, take: int, radius: int) -> torch.Tensor:
-    """``(B, n)`` scores -> ``(B, take)`` sorted indices: best token first, with its +-radius
-    neighbours, then the next best outside the spans taken, until ``take`` are chosen."""
+def _select_spans(score: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, n)`` scores -> ``(B, take)`` sorted indices and the score of each one's span: the
+    best token with ``SPAN_LEFT`` neighbours before it and ``SPAN_RIGHT`` after, then the next
+    best outside the spans taken, until ``take`` are chosen."""
     batch, n = score.shape
     chosen = torch.zeros(batch, n, dtype=torch.bool, device=score.device)
+    value = torch.full((batch, n), float("-inf"), device=score.device)
     for row in range(batch):
         left = score[row].clone()
         while int(chosen[row].sum()) < take:
             centre = int(left.argmax())
             if left[centre] == float("-inf"):
                 break
-            span = torch.arange(max(0, centre - radius), min(n, centre + radius + 1), device=score.device)
+            span = torch.arange(
+                max(0, centre - SPAN_LEFT), min(n, centre + SPAN_RIGHT + 1), device=score.device
+            )
             span = span[~chosen[row, span]][: take - int(chosen[row].sum())]
             chosen[row, span] = True
+            value[row, span] = score[row, centre]
             left[span] = float("-inf")
             left[centre] = float("-inf")
-    return chosen.nonzero()[:, 1].reshape(batch, take)
+    index = chosen.nonzero()[:, 1].reshape(batch, take)
+    return index, value.gather(-1, index)
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:

@@ -109,13 +109,14 @@ def build_document(
     tokens: int,
     depth: float,
     key: str,
+    needle: str = NEEDLE,
 ) -> NeedleDocument:
     """``haystack`` cut to about ``tokens`` tokens in all, with the needle at ``depth``.
 
     Text shorter than needed is repeated (and ``repeats`` says so): a needle test needs
     the length more than it needs the text to be new.
     """
-    needle = NEEDLE.format(key=key)
+    needle = needle.format(key=key)
     budget = tokens - len(encode(" " + needle + " "))
     if budget < 1:
         raise UsageError(f"a length of {tokens} tokens leaves no room for a haystack around the needle")

@@ -7,6 +7,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from ..cache.head_profile import PROFILE_FILE
 from ..errors import ModelError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -47,10 +48,11 @@ def shipped_adapter_path() -> Path | None:
 
 
 def adapter_digest(folder: Path) -> str:
-    """Short hash of an adapter's files: the merged copy is rebuilt when any of them changes."""
+    """Short hash of an adapter's files: the merged copy is rebuilt when any of them changes.
+    The head profile is left out: it is read from the adapter folder, never merged."""
     hasher = hashlib.sha256()
     for path in sorted(folder.iterdir()):
-        if path.is_file():
+        if path.is_file() and path.name != PROFILE_FILE:
             hasher.update(path.name.encode())
             hasher.update(path.read_bytes())
     return hasher.hexdigest()[:12]

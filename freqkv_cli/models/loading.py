@@ -7,6 +7,7 @@ included: adapter + ``trainable_params.bin``), merged on load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from ..cache.head_profile import PROFILE_FILE, HeadProfile
 from ..errors import ModelError
 from .default import (
     DEFAULT_MODEL_NAME,
@@ -39,6 +41,9 @@ class LoadedModel:
     name: str  # what to show the user
     family: str  # config.model_type
     settings: TunedSettings | None  # from freqkv.json beside the checkpoint, if any
+    head_profile: HeadProfile | None = None  # retrieval heads for the hybrid cache, if measured
+    head_profile_path: Path | None = None  # where it was read from
+    heads_key: str = ""  # names this model's calibrated profile under FREQKV_HOME/heads
 
     @property
     def device(self) -> torch.device:
@@ -82,8 +87,10 @@ def load_model(
     if spec == "default":
         adapter = shipped_adapter_path()
         if untuned or adapter is None:
-            return _load_folder(ensure_default_converted(), DEFAULT_MODEL_NAME, target, common)
-        return _load_folder(ensure_default_tuned(adapter), TUNED_MODEL_NAME, target, common)
+            plain = _load_folder(ensure_default_converted(), DEFAULT_MODEL_NAME, target, common)
+            return _with_heads(plain, None)
+        tuned = _load_folder(ensure_default_tuned(adapter), TUNED_MODEL_NAME, target, common)
+        return _with_heads(tuned, adapter)
     path = Path(spec).expanduser()
     if not path.exists():
         raise ModelError(
@@ -92,15 +99,37 @@ def load_model(
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelError(f"'{spec}' is a file but not a .gguf model; a Hugging Face model is a folder")
-        return _load_gguf(path, target, common)
+        return _with_heads(_load_gguf(path, target, common), None)
     if (path / "adapter_config.json").is_file():
-        return _load_adapter(path, base, target, common)
+        return _with_heads(_load_adapter(path, base, target, common), path)
     if (path / "config.json").is_file():
-        return _load_folder(path, str(path), target, common)
+        return _with_heads(_load_folder(path, str(path), target, common), path)
     raise ModelError(
         f"'{spec}' is not a model folder: expected config.json (Hugging Face) "
         "or adapter_config.json (LoRA adapter)"
     )
+
+
+def calibrated_heads_path(key: str) -> Path:
+    """Where `freqkv calibrate` keeps the head profile it measured for the model ``key`` names."""
+    return freqkv_home() / "heads" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _with_heads(loaded: LoadedModel, folder: Path | None) -> LoadedModel:
+    """Attach a retrieval-head profile: one the user calibrated first, else one shipped beside the
+    weights (the default model's adapter folder holds the one measured for it)."""
+    loaded.heads_key = f"{loaded.name}|{folder.resolve() if folder is not None else ''}"
+    candidates = [calibrated_heads_path(loaded.heads_key)]
+    if folder is not None:
+        candidates.append(folder / PROFILE_FILE)
+    config = loaded.model.config
+    for path in candidates:
+        if path.is_file():
+            profile = HeadProfile.load(path)
+            profile.check(config.num_hidden_layers, config.num_attention_heads, str(path))
+            loaded.head_profile, loaded.head_profile_path = profile, path
+            break
+    return loaded
 
 
 def _finish(model: PreTrainedModel, target: torch.device) -> PreTrainedModel:

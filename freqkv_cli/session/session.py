@@ -60,7 +60,14 @@ class Session:
     ) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
-        self.engine = StreamingEngine(loaded.model, policy, tokenizer=loaded.tokenizer, max_chunk=max_chunk)
+        profile = loaded.head_profile
+        self.engine = StreamingEngine(
+            loaded.model,
+            policy,
+            tokenizer=loaded.tokenizer,
+            max_chunk=max_chunk,
+            head_weights=profile.weights() if profile is not None else None,
+        )
         self.template = turn_template(loaded.tokenizer, system)
         self.ctx = ctx
         self.system = system
@@ -119,14 +126,16 @@ class Session:
         """
         started = time.perf_counter()
         before, after = document_prompt(task, question)
-        prefix = self.encode(self._turn_opening() + before)
+        parts = [self.encode(text) for text in _around(self._turn_opening() + before, question)]
+        prefix = [token for part in parts for token in part]
         suffix = self.encode(after + self.template.after)
         self._check_room(len(prefix) + len(suffix) + reserve)
         budget = None
         if self.ctx is not None:
             budget = self.ctx - self.tokens_held - len(prefix) - len(suffix) - reserve
         pin = self.tokens_held == 0
-        self.engine.feed(prefix, pin=pin, should_stop=should_stop)
+        for index, part in enumerate(parts):  # [before the question, the question, after it]
+            self.engine.feed(part, pin=pin, question=index == 1, should_stop=should_stop)
         self.turns += 1
 
         state = ReadProgress(0, document.page_count, 0, 0)
@@ -202,6 +211,18 @@ class Session:
             on_text=on_text,
             should_stop=should_stop,
         )
+
+
+def _around(text: str, question: str | None) -> list[str]:
+    """``text`` cut into [before the question, the question, after it] (the question keeps the
+    space before it, where a tokenizer attaches it); one piece when there is no question."""
+    at = text.rfind(question) if question else -1
+    if question is None or at < 0:
+        return [text]
+    if at > 0 and text[at - 1] == " ":
+        at -= 1
+        question = " " + question
+    return [text[:at], question, text[at + len(question) :]]
 
 
 def _blocks(text: str, size: int = 16384) -> list[str]:
