@@ -32,7 +32,8 @@ def layer0_keys_values(model: torch.nn.Module, ids: list[int]) -> tuple[torch.Te
 def test_exact_slots_hold_the_selected_tokens_exactly_in_stream_order(family: str, pin: int) -> None:
     model = tiny_model(family)
     ids = torch.randint(0, 211, (500,), generator=torch.Generator().manual_seed(2)).tolist()
-    engine = StreamingEngine(model, POLICY, max_chunk=11)
+    # Without a question, the query-agnostic selector fills the exact slots.
+    engine = StreamingEngine(model, POLICY if pin else POLICY.with_(selector="keynorm"), max_chunk=11)
     if pin:
         engine.feed(ids[: pin // 2], pin=True)
         assert engine.cache.queries is None  # pinned, but not a question
@@ -88,9 +89,10 @@ def test_query_aware_selection_keeps_the_token_the_question_points_at() -> None:
     picked = engine.cache.exact_tokens[0][0]
     # A pick brings its span along: the picks are the target's neighbourhood.
     assert ((picked - target >= -SPAN_LEFT) & (picked - target <= SPAN_RIGHT)).all(), picked
-    knorm = StreamingEngine(model, POLICY)
+    knorm = StreamingEngine(model, POLICY.with_(selector="keynorm"))
     knorm.feed(ids)
-    knorm.cache.compress()  # no question: key-norm selection, a different choice
+    knorm.cache.set_queries(queries)
+    knorm.cache.compress()  # query-agnostic: the question is ignored, low key norms chosen
     assert not torch.equal(knorm.cache.exact_tokens[0][0], picked)
 
 
@@ -144,3 +146,31 @@ def test_surprise_scores_are_the_streamed_token_losses() -> None:
 def test_unknown_selector_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="selector"):
         CachePolicy("hybrid", 1024, 4, 128, 0.5, selector="oracle")
+
+
+def test_hybrid_without_a_question_is_plain_freqkv(family: str) -> None:
+    """Nothing to aim the exact slots at (attention selector, no question): the same NLL as
+    FreqKV, bit for bit; the query-agnostic key-norm selector fills them and differs."""
+    model = tiny_model(family)
+    ids = torch.randint(0, 211, (400,), generator=torch.Generator().manual_seed(6)).tolist()
+    plain = StreamingEngine(model, POLICY.with_(kind="freqkv")).score(ids)
+    hybrid = StreamingEngine(model, POLICY)
+    assert torch.equal(hybrid.score(ids), plain)
+    assert hybrid.cache.compressions > 3 and hybrid.cache.exact_count == 0
+    keynorm = StreamingEngine(model, POLICY.with_(selector="keynorm"))
+    assert not torch.allclose(keynorm.score(ids), plain)
+    assert keynorm.cache.exact_count == POLICY.exact_slots()
+
+
+def test_span_selection_takes_whole_spans_with_their_centre_score() -> None:
+    from freqkv_cli.cache.window_cache import _select_spans
+
+    score = torch.zeros(1, 60)
+    score[0, 20], score[0, 45] = 5.0, 3.0
+    index, value = _select_spans(score, 2 * (SPAN_LEFT + SPAN_RIGHT + 1))
+    first = list(range(20 - SPAN_LEFT, 20 + SPAN_RIGHT + 1))
+    second = list(range(45 - SPAN_LEFT, min(60, 45 + SPAN_RIGHT + 1)))
+    taken = index[0].tolist()
+    assert set(first) <= set(taken) and set(second) <= set(taken) and taken == sorted(taken)
+    scores = dict(zip(taken, value[0].tolist(), strict=True))
+    assert all(scores[i] == 5.0 for i in first) and all(scores[i] == 3.0 for i in second)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from ..errors import UsageError
 
 POLICIES = ("freqkv", "sink", "full", "hybrid")
-SELECTORS = ("surprise", "attention")
+SELECTORS = ("attention", "keynorm", "surprise")
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,8 @@ class CachePolicy:
     kind:   ``freqkv`` compresses the middle span in the frequency domain;
             ``sink`` evicts the oldest non-sink entries (StreamingLLM);
             ``full`` never compresses (the exact reference, memory grows);
-            ``hybrid`` is freqkv plus a budget of exact slots for the tokens that score
-            highest (attention from a pinned question, else low key norm), kept uncompressed.
+            ``hybrid`` is freqkv plus a budget of exact slots for the spans that score highest
+            (see ``selector``), kept uncompressed.
     window: N, the most entries a layer ever holds (ignored by ``full``).
     sink:   S, leading entries never compressed.
     recent: R, trailing entries left exact in a compression round.
@@ -28,8 +28,11 @@ class CachePolicy:
             two policies run the same chunk schedule and hold the same memory.
     exact:  hybrid only: share of N reserved for exact (selected) tokens, E = floor(N * exact);
             each round selects up to max(1, E // 4) new ones, the best E are kept.
-    selector: hybrid only: ``attention`` (attention from a pinned question, else low key norm)
-            or ``surprise`` (the tokens the model predicted worst; experimental, see BENCHMARKS §6).
+    selector: hybrid only: ``attention``: attention from the question's tokens (through the
+            model's retrieval heads when a profile is known); with no question asked the exact
+            slots stay empty and the round is plain FreqKV. ``keynorm``: low key norm, with or
+            without a question (query-agnostic). ``surprise``: the tokens the model predicted
+            worst (experimental). Measured against each other in docs/BENCHMARKS.md section 6.
     """
 
     kind: str = "freqkv"

@@ -227,22 +227,31 @@ class WindowedCache(Cache):
             torch.cuda.synchronize(device)
         started = time.perf_counter()
         head, recent = self.head, self.policy.recent
-        if self.policy.kind == "hybrid":
+        if self.policy.kind == "hybrid" and self._selects():
             self._compress_hybrid(head, recent)
         else:
+            # freqkv and sink; and hybrid with nothing to aim its exact slots (no question asked
+            # and the attention selector): then it is plain FreqKV, bit for bit.
+            kind = "freqkv" if self.policy.kind == "hybrid" else self.policy.kind
             span, kept = self.policy.span(head), self.policy.kept(head)
             # Layers go in batches (layers, batch, heads, seq, head_dim): fewer kernel launches on
             # GPUs, with bounded float32 scratch; on CPUs one layer at a time measured fastest.
             group = 1 if device.type == "cpu" else 4
             for first in range(0, len(self.layers), group):
-                self._compress_layers(self.layers[first : first + group], head, span, kept, recent)
+                self._compress_layers(self.layers[first : first + group], kind, head, span, kept, recent)
+            self.compressed_count = kept
         self.compressions += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.compress_seconds += time.perf_counter() - started
 
+    def _selects(self) -> bool:
+        """Whether a hybrid round has anything to choose by: a question's queries, or a
+        query-agnostic selector (key norm, surprise), or exact entries chosen earlier."""
+        return self.queries is not None or self.policy.selector != "attention" or self.exact_count > 0
+
     def _compress_layers(
-        self, layers: list[WindowLayer], head: int, span: int, kept: int, recent: int
+        self, layers: list[WindowLayer], kind: str, head: int, span: int, kept: int, recent: int
     ) -> None:
         def read(begin: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
             keys = torch.stack([layer.keys[:, :, begin:end] for layer in layers])
@@ -250,7 +259,7 @@ class WindowedCache(Cache):
 
         pieces = compress_round(
             read,
-            kind=self.policy.kind,
+            kind=kind,
             head=head,
             span=span,
             kept=kept,
@@ -374,9 +383,10 @@ class WindowedCache(Cache):
         """
         total: torch.Tensor | None = None
         weight_sum = 0.0
+        asked = self.queries is not None and self.policy.selector == "attention"
         for index, layer in enumerate(self.layers):
             weights = None
-            if self.queries is not None and self.head_weights is not None:
+            if asked and self.head_weights is not None:
                 weights = self.head_weights[index]
                 if not bool((weights > 0).any()):
                     continue  # no scoring head in this layer: skip its attention entirely
@@ -392,13 +402,13 @@ class WindowedCache(Cache):
         return total / weight_sum
 
     def question_scores(self, index: int, cand_k: torch.Tensor) -> torch.Tensor:
-        """Attention from the pinned question per query head ``(B, Hq, n)`` if there is one,
-        else low key norm per KV head ``(B, Hkv, n)``.
+        """Attention from the question per query head ``(B, Hq, n)`` if there is one (and the
+        selector is ``attention``), else low key norm per KV head ``(B, Hkv, n)``.
 
         The question's queries are rotated to the last slot, so they look back at the candidates
         as a question asked after the text would; averaged over the question's tokens.
         """
-        if self.queries is None:
+        if self.queries is None or self.policy.selector == "keynorm":
             return -cand_k.float().norm(dim=-1)
         q = self.queries[index].to(cand_k.device).float()  # (B, Hq, Tq, D)
         batch, heads, tq, dim = q.shape

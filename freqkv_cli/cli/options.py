@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..cache.policy import POLICIES, CachePolicy
+from ..cache.policy import POLICIES, SELECTORS, CachePolicy
 from ..engine.sampling import Sampler
 from ..errors import UsageError
 from ..models.loading import LoadedModel
@@ -80,6 +80,15 @@ ExactOpt = Annotated[
         "--exact",
         rich_help_panel=MODEL_PANEL,
         help="hybrid cache: share of the window kept for exact, selected tokens, 0<e<1 [0.25].",
+    ),
+]
+SelectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--select",
+        rich_help_panel=MODEL_PANEL,
+        help="hybrid cache: how exact tokens are chosen: attention (the question's, through the "
+        "model's retrieval heads; none without a question), keynorm, surprise [attention].",
     ),
 ]
 CacheOpt = Annotated[
@@ -185,6 +194,7 @@ class CacheChoice:
     ratio: float | None = None
     ctx: str | None = None
     exact: float | None = None
+    selector: str | None = None
 
     def check(self) -> None:
         """Validate what can be validated before loading a model (bad values fail fast)."""
@@ -198,6 +208,10 @@ class CacheChoice:
             raise UsageError(f"--ratio {self.ratio} must be strictly between 0 and 1")
         if self.exact is not None and not 0 < self.exact < 1:
             raise UsageError(f"--exact {self.exact} must be strictly between 0 and 1")
+        if self.selector is not None and self.selector not in SELECTORS:
+            raise UsageError(
+                f"--select '{self.selector}' is not a selector: use one of {', '.join(SELECTORS)}"
+            )
         if self.sink is not None and self.sink < 0:
             raise UsageError("--sink must be 0 or more")
         if self.recent is not None and self.recent < 0:
@@ -227,6 +241,7 @@ class CacheChoice:
             recent=int(pick(self.recent, "recent", 0)),  # type: ignore[arg-type]
             ratio=float(pick(self.ratio, "ratio", 0.5)),  # type: ignore[arg-type]
             exact=float(self.exact if self.exact is not None else 0.25),
+            selector=self.selector or "attention",
         )
 
 

@@ -113,8 +113,9 @@ def _policies(
     recent: int | None,
     ratio: float | None,
     exact: float | None = None,
+    selector: str | None = None,
 ) -> list[o.CacheChoice]:
-    picked = [o.CacheChoice(kind, window, sink, recent, ratio, None, exact) for kind in kinds]
+    picked = [o.CacheChoice(kind, window, sink, recent, ratio, None, exact, selector) for kind in kinds]
     for choice in picked:
         choice.check()
     return picked
@@ -172,6 +173,7 @@ def ppl(
     recent: o.RecentOpt = None,
     ratio: o.RatioOpt = None,
     exact: o.ExactOpt = None,
+    select: o.SelectOpt = None,
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
     untuned: o.UntunedOpt = False,
@@ -205,7 +207,7 @@ def ppl(
       freqkv eval ppl book.txt --lengths 2k,4k,8k --plot ppl.png
     """
     wanted = choices.parse_lengths(lengths)
-    picked = _policies(choices.parse_policies(cache), window, sink, recent, ratio, exact)
+    picked = _policies(choices.parse_policies(cache), window, sink, recent, ratio, exact, select)
     if plot:
         plots.require_matplotlib()
     readout = _readout(quiet, progress, no_color)
@@ -370,6 +372,7 @@ def needle(
     recent: o.RecentOpt = None,
     ratio: o.RatioOpt = None,
     exact: o.ExactOpt = None,
+    select: o.SelectOpt = None,
     model: o.ModelOpt = "default",
     base: o.BaseOpt = None,
     untuned: o.UntunedOpt = False,
@@ -399,7 +402,7 @@ def needle(
     """
     wanted = choices.parse_lengths(lengths)
     where = choices.parse_depths(depths)
-    picked = _policies(choices.parse_policies(cache), window, sink, recent, ratio, exact)
+    picked = _policies(choices.parse_policies(cache), window, sink, recent, ratio, exact, select)
     if plot:
         plots.require_matplotlib()
     readout = _readout(quiet, progress, no_color)

