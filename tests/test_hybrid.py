@@ -44,7 +44,7 @@ def test_exact_slots_hold_the_selected_tokens_exactly_in_stream_order(family: st
     cache = engine.cache
     head, exact = cache.head, cache.exact_count
     assert exact == POLICY.exact_slots() and cache.length <= POLICY.window
-    tokens = cache.exact_tokens[0][0]  # (Hkv, E) stream indices
+    tokens = cache.exact_tokens[0]  # (E,) stream indices, one choice for every layer and head
     assert (tokens.diff(dim=-1) > 0).all()  # strictly increasing: original order, no duplicates
     assert (tokens >= head).all() and (tokens < len(ids) - POLICY.recent).all()
     with torch.no_grad():
@@ -52,10 +52,10 @@ def test_exact_slots_hold_the_selected_tokens_exactly_in_stream_order(family: st
         layer = cache.layers[0]
         for h in range(keys.shape[0]):
             want_k = cache.rotation.rotate(
-                keys[h][tokens[h]][None, None].float(), torch.arange(head, head + exact)
+                keys[h][tokens][None, None].float(), torch.arange(head, head + exact)
             )[0, 0]
             torch.testing.assert_close(layer.keys[0, h, head : head + exact], want_k, atol=2e-5, rtol=1e-5)
-            torch.testing.assert_close(layer.values[0, h, head : head + exact], values[h][tokens[h]])
+            torch.testing.assert_close(layer.values[0, h, head : head + exact], values[h][tokens])
         # The recent tokens are exact too, at the end of the cache.
         recent_k = cache.rotation.rotate(
             keys[:, -POLICY.recent :][None].float(), torch.arange(cache.length - POLICY.recent, cache.length)
@@ -86,14 +86,14 @@ def test_query_aware_selection_keeps_the_token_the_question_points_at() -> None:
     queries = [query[None, :, None] * 8.0 for _ in model.model.layers]  # sharp attention
     engine.cache.set_queries(queries)
     engine.cache.compress()
-    picked = engine.cache.exact_tokens[0][0]
+    picked = engine.cache.exact_tokens[0]
     # A pick brings its span along: the picks are the target's neighbourhood.
     assert ((picked - target >= -SPAN_LEFT) & (picked - target <= SPAN_RIGHT)).all(), picked
     knorm = StreamingEngine(model, POLICY.with_(selector="keynorm"))
     knorm.feed(ids)
     knorm.cache.set_queries(queries)
     knorm.cache.compress()  # query-agnostic: the question is ignored, low key norms chosen
-    assert not torch.equal(knorm.cache.exact_tokens[0][0], picked)
+    assert not torch.equal(knorm.cache.exact_tokens[0], picked)
 
 
 def test_hybrid_memory_is_bounded_and_the_stream_goes_on(family: str) -> None:
@@ -148,18 +148,17 @@ def test_unknown_selector_is_a_usage_error() -> None:
         CachePolicy("hybrid", 1024, 4, 128, 0.5, selector="oracle")
 
 
-def test_hybrid_without_a_question_is_plain_freqkv(family: str) -> None:
-    """Nothing to aim the exact slots at (attention selector, no question): the same NLL as
-    FreqKV, bit for bit; the query-agnostic key-norm selector fills them and differs."""
+def test_hybrid_without_a_question_selects_by_key_norm(family: str) -> None:
+    """No question asked: the attention selector falls back to key norm (the same NLL as the
+    keynorm selector, bit for bit), which fills the exact slots and so differs from FreqKV."""
     model = tiny_model(family)
     ids = torch.randint(0, 211, (400,), generator=torch.Generator().manual_seed(6)).tolist()
     plain = StreamingEngine(model, POLICY.with_(kind="freqkv")).score(ids)
     hybrid = StreamingEngine(model, POLICY)
-    assert torch.equal(hybrid.score(ids), plain)
-    assert hybrid.cache.compressions > 3 and hybrid.cache.exact_count == 0
-    keynorm = StreamingEngine(model, POLICY.with_(selector="keynorm"))
-    assert not torch.allclose(keynorm.score(ids), plain)
-    assert keynorm.cache.exact_count == POLICY.exact_slots()
+    nll = hybrid.score(ids)
+    assert hybrid.cache.compressions > 3 and hybrid.cache.exact_count == POLICY.exact_slots()
+    assert torch.equal(StreamingEngine(model, POLICY.with_(selector="keynorm")).score(ids), nll)
+    assert not torch.allclose(nll, plain)
 
 
 def test_span_selection_takes_whole_spans_with_their_centre_score() -> None:
@@ -174,3 +173,38 @@ def test_span_selection_takes_whole_spans_with_their_centre_score() -> None:
     assert set(first) <= set(taken) and set(second) <= set(taken) and taken == sorted(taken)
     scores = dict(zip(taken, value[0].tolist(), strict=True))
     assert all(scores[i] == 5.0 for i in first) and all(scores[i] == 3.0 for i in second)
+
+
+def test_hybrid_round_against_scipy(family: str) -> None:
+    """After one round, layer 0 holds [head | picked tokens exact | the others low-passed | recent],
+    recomputed here from each token's own key and value with scipy's DCT and the model's RoPE."""
+    import numpy as np
+    import scipy.fft
+
+    model = tiny_model(family)
+    ids = torch.randint(0, 211, (POLICY.window,), generator=torch.Generator().manual_seed(8)).tolist()
+    engine = StreamingEngine(model, POLICY.with_(selector="keynorm"))
+    engine.feed(ids)  # exactly one full window
+    cache = engine.cache
+    cache.compress()
+    head, exact, kept = cache.head, cache.exact_count, cache.compressed_count
+    picked = cache.exact_tokens[0].tolist()
+    rest = [i for i in range(head, POLICY.window - POLICY.recent) if i not in picked]
+    with torch.no_grad():
+        keys, values = layer0_keys_values(model, ids)  # (Hkv, T, D), pre-RoPE
+
+    def low(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[-2]
+        coeffs = scipy.fft.dct(x.double().numpy(), type=2, norm="ortho", axis=-2)[..., :kept, :]
+        out = scipy.fft.idct(coeffs, type=2, norm="ortho", axis=-2) * np.sqrt(kept / n)
+        return torch.from_numpy(out).float()
+
+    rotate = cache.rotation.rotate
+    start = head + exact
+    want_k = rotate(low(keys[:, rest])[None], torch.arange(start, start + kept))[0]
+    layer = cache.layers[0]
+    torch.testing.assert_close(layer.keys[0, :, start : start + kept], want_k, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        layer.values[0, :, start : start + kept], low(values[:, rest]), atol=1e-4, rtol=1e-4
+    )
+    assert cache.length == start + kept + POLICY.recent

@@ -29,9 +29,9 @@ class CachePolicy:
     exact:  hybrid only: share of N reserved for exact (selected) tokens, E = floor(N * exact);
             each round selects up to max(1, E // 4) new ones, the best E are kept.
     selector: hybrid only: ``attention``: attention from the question's tokens (through the
-            model's retrieval heads when a profile is known); with no question asked the exact
-            slots stay empty and the round is plain FreqKV. ``keynorm``: low key norm, with or
-            without a question (query-agnostic). ``surprise``: the tokens the model predicted
+            model's retrieval heads when a profile is known), and low key norm while no question
+            has been asked. ``keynorm``: low key norm, with or without a question
+            (query-agnostic). ``surprise``: the tokens the model predicted
             worst (experimental). Measured against each other in docs/BENCHMARKS.md section 6.
     """
 

@@ -149,8 +149,9 @@ class WindowedCache(Cache):
         # Hybrid layout per layer: [head | exact e | compressed c | tail (exact, in stream order)].
         self.exact_count = 0
         self.compressed_count = 0
-        self.exact_tokens: list[torch.Tensor | None] = [None] * len(self.layers)  # (B, Hkv, e) stream index
-        self.exact_scores: list[torch.Tensor | None] = [None] * len(self.layers)  # (B, Hkv, e)
+        # One choice for all layers and heads: (B, e) stream index and span score of each exact slot.
+        self.exact_tokens: torch.Tensor | None = None
+        self.exact_scores: torch.Tensor | None = None
         self.queries: list[torch.Tensor] | None = None  # per layer (B, Hq, Tq, D), pre-RoPE
         self.head_weights: torch.Tensor | None = None  # (layers, Hq): which query heads score
         self.surprise: torch.Tensor | None = None  # (B, window): NLL of the token in each slot
@@ -227,28 +228,21 @@ class WindowedCache(Cache):
             torch.cuda.synchronize(device)
         started = time.perf_counter()
         head, recent = self.head, self.policy.recent
-        if self.policy.kind == "hybrid" and self._selects():
+        if self.policy.kind == "hybrid":
             self._compress_hybrid(head, recent)
         else:
-            # freqkv and sink; and hybrid with nothing to aim its exact slots (no question asked
-            # and the attention selector): then it is plain FreqKV, bit for bit.
-            kind = "freqkv" if self.policy.kind == "hybrid" else self.policy.kind
+            kind = self.policy.kind
             span, kept = self.policy.span(head), self.policy.kept(head)
             # Layers go in batches (layers, batch, heads, seq, head_dim): fewer kernel launches on
             # GPUs, with bounded float32 scratch; on CPUs one layer at a time measured fastest.
             group = 1 if device.type == "cpu" else 4
             for first in range(0, len(self.layers), group):
                 self._compress_layers(self.layers[first : first + group], kind, head, span, kept, recent)
-            self.compressed_count = kept
+
         self.compressions += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.compress_seconds += time.perf_counter() - started
-
-    def _selects(self) -> bool:
-        """Whether a hybrid round has anything to choose by: a question's queries, or a
-        query-agnostic selector (key norm, surprise), or exact entries chosen earlier."""
-        return self.queries is not None or self.policy.selector != "attention" or self.exact_count > 0
 
     def _compress_layers(
         self, layers: list[WindowLayer], kind: str, head: int, span: int, kept: int, recent: int
@@ -279,8 +273,12 @@ class WindowedCache(Cache):
             layer.length = head + kept + recent
 
     def _compress_hybrid(self, head: int, recent: int) -> None:
-        """One hybrid round: score the tail tokens leaving the recent window, keep the best in
-        the exact slots (per head, in stream order), low-pass the rest with the compressed part."""
+        """One hybrid round: score the tail tokens leaving the recent window, keep the best spans
+        in the exact slots (in stream order), low-pass the rest with the compressed part.
+
+        One choice serves every layer and head, so the slot plan (which slot goes where) is
+        computed once and applied to layers in stacked groups, as the freqkv round is.
+        """
         policy, window = self.policy, self.policy.window
         e, c = self.exact_count, self.compressed_count
         tail = head + e + c  # first never-compressed slot
@@ -290,10 +288,9 @@ class WindowedCache(Cache):
         z = c + candidates - take  # entries that go through the low-pass
         kept = math.floor(z * policy.ratio) if z > 1 else z
         first_token = self.tokens_seen - (window - tail)  # stream index of slot `tail`
-        # One choice for every layer and head: scores averaged over them. Chosen per layer, the
-        # early layers (whose queries are not yet about meaning) kept other tokens and blurred
+        # One choice for every layer and head, from scores combined over them. Chosen per layer,
+        # the early layers (whose queries are not yet about meaning) kept other tokens and blurred
         # the needle there (measured: the pass key came back garbled).
-        kv_heads = self.layers[0].keys.shape[1]
         if self.policy.selector == "surprise" and self.surprise is not None:
             mean_score = self.surprise[:, tail : tail + candidates]
         else:
@@ -301,76 +298,65 @@ class WindowedCache(Cache):
         # (B, take) slot offsets in stream order, each with the score of the span it belongs to:
         # later rounds then keep or drop whole spans, never the low-scoring middle of a fact.
         top, span_score = _select_spans(mean_score, take)
-        top = top[:, None].expand(-1, kv_heads, -1)  # (B, Hkv, take)
-        span_score = span_score[:, None].expand(-1, kv_heads, -1)  # (B, Hkv, take)
-        for index, layer in enumerate(self.layers):
-            keys, values = layer.keys, layer.values
-            device = keys.device
-            cand_k = keys[:, :, tail : tail + candidates]
-            # Exact pool: the old exact entries and the new picks; keep the best new_e by score.
-            pool_k = torch.cat([keys[:, :, head : head + e], _gather(cand_k, top)], dim=-2)
-            pool_v = torch.cat(
-                [values[:, :, head : head + e], _gather(values[:, :, tail : tail + candidates], top)], -2
-            )
-            old_e = torch.arange(head, head + e, device=device).expand(*top.shape[:2], e)
-            pool_pos = torch.cat([old_e, tail + top], dim=-1)
-            pool_tok = torch.cat(
-                [self._exact_tokens(index, top.shape[:2], device), first_token + top], dim=-1
-            )
-            pool_score = torch.cat([self._exact_scores(index, top.shape[:2], device), span_score], -1)
-            keep = pool_score.topk(new_e, dim=-1).indices
-            keep = keep.gather(-1, pool_tok.gather(-1, keep).argsort(dim=-1))  # stream order
-            exact_k = self.rotation.rotate(
-                self.rotation.unrotate(_gather(pool_k, keep).float(), pool_pos.gather(-1, keep)),
-                torch.arange(head, head + new_e, device=device),
-            )
-            exact_v = _gather(pool_v, keep)
-            self.exact_tokens[index] = pool_tok.gather(-1, keep)
-            self.exact_scores[index] = pool_score.gather(-1, keep)
-            # Low-pass stream: the compressed part, then the candidates not picked, in order.
-            rest = torch.ones(*top.shape[:2], candidates, dtype=torch.bool, device=device)
-            rest.scatter_(-1, top, False)
-            rest_idx = rest.nonzero()[:, -1].reshape(*top.shape[:2], candidates - take)
-            stream_pos = torch.cat(
-                [torch.arange(head + e, tail, device=device).expand(*top.shape[:2], c), tail + rest_idx], -1
-            )
-            stream_k = torch.cat([keys[:, :, head + e : tail], _gather(cand_k, rest_idx)], dim=-2)
-            stream_v = torch.cat(
-                [values[:, :, head + e : tail], _gather(values[:, :, tail : tail + candidates], rest_idx)], -2
-            )
-            new_c = head + new_e
+        device = top.device
+        batch = top.shape[0]
+        # The exact pool: the entries already exact and the new picks; the best new_e stay.
+        pool_tok = torch.cat([self._exact_tokens(batch, device), first_token + top], dim=-1)
+        pool_score = torch.cat([self._exact_scores(batch, device), span_score.float()], dim=-1)
+        pool_slot = torch.cat([torch.arange(head, head + e, device=device).expand(batch, e), tail + top], -1)
+        keep = pool_score.topk(new_e, dim=-1).indices
+        keep = keep.gather(-1, pool_tok.gather(-1, keep).argsort(dim=-1))  # stream order
+        self.exact_tokens = pool_tok.gather(-1, keep)
+        self.exact_scores = pool_score.gather(-1, keep)
+        exact_from = pool_slot.gather(-1, keep)  # (B, new_e): where they are now
+        # The low-pass stream: the compressed part, then the candidates not picked, in order
+        # (a stable sort of the "not picked" mask lists them without a host sync).
+        picked = torch.zeros(batch, candidates, dtype=torch.bool, device=device).scatter_(-1, top, True)
+        rest = (~picked).to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, : candidates - take]
+        stream_from = torch.cat(
+            [torch.arange(head + e, tail, device=device).expand(batch, c), tail + rest], -1
+        )
+        new_c = head + new_e
+        moved_from, moved_to = window - recent, new_c + kept
+        exact_to = torch.arange(head, new_c, device=device)
+        low_to = torch.arange(new_c, moved_to, device=device)
+        tf32 = self.layers[0].keys.dtype in (torch.bfloat16, torch.float16)
+        group = 1 if device.type == "cpu" else 4
+        for first in range(0, len(self.layers), group):
+            layers = self.layers[first : first + group]
+            count = len(layers)
+            ex_k = torch.stack([_gather_slots(layer.keys, exact_from) for layer in layers]).float()
+            ex_v = torch.stack([_gather_slots(layer.values, exact_from) for layer in layers])
+            ex_k = self.rotation.rotate(self.rotation.unrotate(ex_k, exact_from[:, None]), exact_to)
+            st_k = torch.stack([_gather_slots(layer.keys, stream_from) for layer in layers]).float()
+            st_v = torch.stack([_gather_slots(layer.values, stream_from) for layer in layers]).float()
+            both = torch.cat([self.rotation.unrotate(st_k, stream_from[:, None]), st_v])
             if z > 1:
-                low_k = lowpass(
-                    self.rotation.unrotate(stream_k.float(), stream_pos), kept, -2, self.lowpass_method
-                )
-                low_v = lowpass(stream_v.float(), kept, -2, self.lowpass_method)
-            else:
-                low_k = self.rotation.unrotate(stream_k.float(), stream_pos)
-                low_v = stream_v.float()
-            low_k = self.rotation.rotate(low_k, torch.arange(new_c, new_c + kept, device=device))
-            moved_from, moved_to = window - recent, new_c + kept
-            moved_k = self.rotation.shift(keys[:, :, moved_from:window].float(), moved_from, moved_to)
-            moved_v = values[:, :, moved_from:window].clone()
-            layer.keys[:, :, head:new_c] = exact_k.to(keys.dtype)
-            layer.values[:, :, head:new_c] = exact_v
-            layer.keys[:, :, new_c : new_c + kept] = low_k.to(keys.dtype)
-            layer.values[:, :, new_c : new_c + kept] = low_v.to(values.dtype)
-            layer.keys[:, :, moved_to : moved_to + recent] = moved_k.to(keys.dtype)
-            layer.values[:, :, moved_to : moved_to + recent] = moved_v
-            layer.length = moved_to + recent
+                both = lowpass(both, kept, -2, self.lowpass_method, tf32=tf32)
+            low_k, low_v = self.rotation.rotate(both[:count], low_to), both[count:]
+            rec_k = torch.stack([layer.keys[:, :, moved_from:window] for layer in layers]).float()
+            rec_v = torch.stack([layer.values[:, :, moved_from:window] for layer in layers])
+            rec_k = self.rotation.shift(rec_k, moved_from, moved_to)
+            for index, layer in enumerate(layers):  # everything was read above: now overwrite
+                dtype = layer.keys.dtype
+                layer.keys[:, :, head:new_c] = ex_k[index].to(dtype)
+                layer.values[:, :, head:new_c] = ex_v[index]
+                layer.keys[:, :, new_c:moved_to] = low_k[index].to(dtype)
+                layer.values[:, :, new_c:moved_to] = low_v[index].to(dtype)
+                layer.keys[:, :, moved_to : moved_to + recent] = rec_k[index].to(dtype)
+                layer.values[:, :, moved_to : moved_to + recent] = rec_v[index]
+                layer.length = moved_to + recent
         if self.surprise is not None:  # the recent tokens' scores move with them
-            self.surprise[:, moved_to : moved_to + recent] = self.surprise[
-                :, window - recent : window
-            ].clone()
+            self.surprise[:, moved_to : moved_to + recent] = self.surprise[:, moved_from:window].clone()
         self.exact_count, self.compressed_count = new_e, kept
 
-    def _exact_tokens(self, index: int, lead: torch.Size, device: torch.device) -> torch.Tensor:
-        found = self.exact_tokens[index]
-        return found if found is not None else torch.empty(*lead, 0, dtype=torch.long, device=device)
+    def _exact_tokens(self, batch: int, device: torch.device) -> torch.Tensor:
+        found = self.exact_tokens
+        return found if found is not None else torch.empty(batch, 0, dtype=torch.long, device=device)
 
-    def _exact_scores(self, index: int, lead: torch.Size, device: torch.device) -> torch.Tensor:
-        found = self.exact_scores[index]
-        return found if found is not None else torch.empty(*lead, 0, device=device)
+    def _exact_scores(self, batch: int, device: torch.device) -> torch.Tensor:
+        found = self.exact_scores
+        return found if found is not None else torch.empty(batch, 0, device=device)
 
     def _combined_scores(self, tail: int, candidates: int) -> torch.Tensor:
         """``(B, n)``: one score per candidate slot, for every layer and head to share.
@@ -471,6 +457,7 @@ def _standardize(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(dim=-1, keepdim=True)) / (x.std(dim=-1, keepdim=True) + 1e-6)
 
 
-def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x`` ``(B, H, n, D)``, ``index`` ``(B, H, k)`` -> ``(B, H, k, D)``."""
-    return x.gather(-2, index[..., None].expand(*index.shape, x.shape[-1]))
+def _gather_slots(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, H, slots, D)``, ``slots`` ``(B, k)`` -> ``(B, H, k, D)``: the same slots for every head."""
+    batch, heads, _, dim = x.shape
+    return x.gather(-2, slots[:, None, :, None].expand(batch, heads, slots.shape[-1], dim))
