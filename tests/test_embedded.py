@@ -49,6 +49,33 @@ def test_the_shipped_default_is_tuned_and_untuned_is_the_plain_model() -> None:
     assert tuned_data["tuned_settings"] and tuned_data["window"] == 1024 and tuned_data["recent"] == 128
     assert plain_data["model"] == "SmolLM2-135M-Instruct" and not plain_data["tuned_settings"]
     assert plain_data["window"] == 4096
+    # The retrieval heads measured for the tuned default ship beside its adapter (issue #6).
+    assert len(tuned_data["retrieval_heads"]) == 8 and tuned_data["head_profile"].endswith(
+        "freqkv_heads.json"
+    )
+    assert plain_data["retrieval_heads"] is None
+
+
+def test_the_default_hybrid_cache_finds_a_pass_key_beyond_the_window() -> None:
+    """2k tokens through the tuned window of 1024: the hybrid default keeps the key exact
+    (BENCHMARKS section 6: 24/25 at 2x and 4x the window; plain FreqKV 5/25)."""
+    result = freqkv(
+        "eval",
+        "needle",
+        "--lengths",
+        "2k",
+        "--depths",
+        "0.25,0.75",
+        "--seeds",
+        "1",
+        "--cache",
+        "hybrid",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    data = json.loads(result.stdout)
+    assert data["window"] == 1024
+    assert all(trial["correct"] for trial in data["results"]), [t["answer"] for t in data["results"]]
 
 
 def test_default_model_chats_through_a_pipe() -> None:

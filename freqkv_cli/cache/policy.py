@@ -103,5 +103,21 @@ class CachePolicy:
         """New tokens a hybrid round may select into the exact slots."""
         return max(1, self.exact_slots() // 4) if self.kind == "hybrid" else 0
 
+    def fitted(self, head: int) -> CachePolicy:
+        """This policy with ``head`` leading entries pinned: a hybrid whose exact slots leave no
+        room to compress (a long question in a small window) gets fewer exact slots, as many as
+        fit, rather than an error; every other policy is returned as it is."""
+        if self.kind != "hybrid":
+            return self
+        room = self.window - head - self.recent - 4  # what E + quota may take
+        if self.exact_slots() + self.quota() <= room:
+            return self
+        slots = math.floor(room / 1.25)  # E + E // 4 <= room
+        while slots > 0 and slots + max(1, slots // 4) > room:
+            slots -= 1
+        if slots < 1:
+            return self  # nothing fits: validate() says why
+        return self.with_(exact=slots / self.window)
+
     def with_(self, **changes: object) -> CachePolicy:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -191,6 +191,7 @@ class WindowedCache(Cache):
 
     def pin(self, count: int) -> None:
         """Keep the first ``count`` entries exact in every later round (e.g. a question)."""
+        self.policy = self.policy.fitted(max(self.policy.sink, count))
         self.policy.validate(head=max(self.policy.sink, count))
         self.pinned = count
 

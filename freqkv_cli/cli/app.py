@@ -19,6 +19,7 @@ from ..errors import (
     EXIT_USAGE,
     FreqKVError,
 )
+from .commands.calibrate import calibrate
 from .commands.chat import chat
 from .commands.count import count
 from .commands.evaluate import eval_app, spectrum
@@ -42,7 +43,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (summarize, qa, chat, count, info, spectrum, finetune):
+for command in (summarize, qa, chat, count, info, spectrum, finetune, calibrate):
     app.command(epilog=EPILOG)(command)
 for registered in eval_app.registered_commands:
     registered.epilog = EPILOG

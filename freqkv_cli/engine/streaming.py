@@ -174,7 +174,8 @@ class StreamingEngine:
                 self._consume(buffer[:size], on_progress)
                 del buffer[:size]
         if pin:
-            self.policy.validate(head=max(self.policy.sink, self.cache.length + len(buffer)))
+            head = max(self.policy.sink, self.cache.length + len(buffer))
+            self.policy.fitted(head).validate(head=head)
         if buffer:
             self._consume(buffer, on_progress)
         if pin:

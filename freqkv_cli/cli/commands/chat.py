@@ -49,7 +49,7 @@ def chat(
     recent: o.RecentOpt = None,
     ratio: o.RatioOpt = None,
     exact: o.ExactOpt = None,
-    cache: o.CacheOpt = "freqkv",
+    cache: o.CacheOpt = "hybrid",
     device: o.DeviceOpt = "auto",
     dtype: o.DtypeOpt = "auto",
     trust_remote_code: o.TrustOpt = False,

@@ -21,7 +21,7 @@ def info(
     recent: o.RecentOpt = None,
     ratio: o.RatioOpt = None,
     exact: o.ExactOpt = None,
-    cache: o.CacheOpt = "freqkv",
+    cache: o.CacheOpt = "hybrid",
     device: o.DeviceOpt = "auto",
     dtype: o.DtypeOpt = "auto",
     trust_remote_code: o.TrustOpt = False,
@@ -64,6 +64,8 @@ def info(
         "recent": policy.recent,
         "ratio": policy.ratio,
         "tuned_settings": loaded.settings is not None,
+        "retrieval_heads": [list(h) for h in loaded.head_profile.heads] if loaded.head_profile else None,
+        "head_profile": str(loaded.head_profile_path) if loaded.head_profile_path else None,
         "kv_bytes_per_token": per_token,
         "ctx": length,
         "kv_bytes_window": per_token * window_entries,
@@ -80,6 +82,12 @@ def info(
         f"recent {policy.recent} · ratio {policy.ratio}"
         + (" (from the checkpoint's freqkv.json)" if loaded.settings is not None else ""),
         f"KV per token  {format_bytes(per_token)}",
+        "retrieval     "
+        + (
+            f"{len(loaded.head_profile.heads)} heads from {loaded.head_profile_path}"
+            if loaded.head_profile is not None
+            else "no head profile: the hybrid cache weighs every head (freqkv calibrate finds them)"
+        ),
         f"KV memory     {format_bytes(data['kv_bytes_window'])} for {format_count(length)} tokens "
         f"(a full cache would need {format_bytes(data['kv_bytes_full_at_ctx'])})",
     ]
