@@ -322,8 +322,7 @@ class WindowedCache(Cache):
         exact_to = torch.arange(head, new_c, device=device)
         low_to = torch.arange(new_c, moved_to, device=device)
         tf32 = self.layers[0].keys.dtype in (torch.bfloat16, torch.float16)
-        group = 1 if device.type == "cpu" else 4
-        for first in range(0, len(self.layers), group):
+        for first in range(0, len(self.layers), group := self._hybrid_group(device)):
             layers = self.layers[first : first + group]
             count = len(layers)
             ex_k = torch.stack([_gather_slots(layer.keys, exact_from) for layer in layers]).float()
@@ -351,6 +350,17 @@ class WindowedCache(Cache):
             self.surprise[:, moved_to : moved_to + recent] = self.surprise[:, moved_from:window].clone()
         self.exact_count, self.compressed_count = new_e, kept
 
+    def _hybrid_group(self, device: torch.device) -> int:
+        """Layers per stacked hybrid step: one on CPUs (measured fastest, as for FreqKV); on GPUs
+        as many as keep each float32 scratch tensor under 256 MiB. A small model's round is
+        mostly kernel launches (135M on an H100: 30 layers in groups of 4 made the hybrid round
+        1.5x a FreqKV round), a 7B model's is memory traffic (groups of 4)."""
+        if device.type == "cpu":
+            return 1
+        keys = self.layers[0].keys
+        per_layer = keys.shape[0] * keys.shape[1] * self.policy.window * keys.shape[-1] * 4
+        return max(1, min(len(self.layers), (256 << 20) // max(per_layer, 1)))
+
     def _exact_tokens(self, batch: int, device: torch.device) -> torch.Tensor:
         found = self.exact_tokens
         return found if found is not None else torch.empty(batch, 0, dtype=torch.long, device=device)
@@ -368,9 +378,14 @@ class WindowedCache(Cache):
         sentence ranked 10th-75th of 900 tokens by the mean of all heads, 0th-3rd by the
         8 heads a calibration on other facts picked; docs/BENCHMARKS.md section 6).
         """
+        asked = self.queries is not None and self.policy.selector == "attention"
+        if not asked:  # key norm: every layer and KV head counts the same; one stacked step
+            norms = torch.stack(
+                [layer.keys[:, :, tail : tail + candidates].float().norm(dim=-1) for layer in self.layers]
+            )  # (layers, B, Hkv, n)
+            return _standardize(-norms).mean(dim=(0, 2))
         total: torch.Tensor | None = None
         weight_sum = 0.0
-        asked = self.queries is not None and self.policy.selector == "attention"
         for index, layer in enumerate(self.layers):
             weights = None
             if asked and self.head_weights is not None:
