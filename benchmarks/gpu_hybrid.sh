@@ -67,7 +67,19 @@ case "${1:-}" in
     done
     for f in $WORK/*.log; do echo "== $f"; tail -c 300 "$f" | tr '\r' '\n' | tail -n 2; done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv ;;
+  evaltuned)  # the adapter trained with the hybrid in the loop (gpu_train.sh run h-d50-w1k-r128)
+    A=/root/freqkv-train/h-d50-w1k-r128/adapter
+    $FREQKV calibrate --model $A --text benchmarks/texts/paradise-lost.txt --out $A/freqkv_heads.json --json \
+      > $WORK/calibrate_h.json 2> $WORK/calibrate_h.log
+    bg needle_h "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 --cache hybrid,freqkv \
+      --model $A $SHAPE --json > $WORK/needle_h.json"
+    bg ppl_h "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache freqkv,hybrid,sink --model $A $SHAPE \
+      --json > $WORK/ppl_h.json"
+    bg treaty_h "bash benchmarks/instruction_check.sh $WORK h-d50-w1k-r128"
+    sleep 5 ;;
   collect)
+    cp -r /root/freqkv-train/h-d50-w1k-r128/adapter $WORK/h_adapter 2>/dev/null
+    cp /root/freqkv-train/h-d50-w1k-r128/*.log /root/freqkv-train/h-d50-w1k-r128/*.json $WORK/ 2>/dev/null
     tar -C $WORK -czf "$OUT/hybrid_results.tgz" . && ls -la "$OUT" ;;
   *) echo "usage: $0 stage N | setup | speed | launch | wait SECS | collect" >&2; exit 2 ;;
 esac

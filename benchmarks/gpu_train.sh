@@ -28,6 +28,7 @@ run_flags() {
     d-w1k-r128) echo "--window 1024 --recent 128 --lora-r 16 --distill 1" ;;
     d50-w1k-r128) echo "--window 1024 --recent 128 --lora-r 16 --distill 0.5" ;;
     d-w1k-r256) echo "--window 1024 --recent 256 --lora-r 16 --distill 1" ;;
+    h-d50-w1k-r128) echo "--window 1024 --recent 128 --lora-r 16 --distill 0.5 --cache hybrid --exact 0.25" ;;
     w1k-r128-big) echo "--window 1024 --recent 128 --lora-r 64 --lora-alpha 64 \
       --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj" ;;
     *) echo "unknown run $1" >&2; exit 2 ;;

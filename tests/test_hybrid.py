@@ -162,11 +162,11 @@ def test_hybrid_without_a_question_selects_by_key_norm(family: str) -> None:
 
 
 def test_span_selection_takes_whole_spans_with_their_centre_score() -> None:
-    from freqkv_cli.cache.window_cache import _select_spans
+    from freqkv_cli.cache.window_cache import select_spans
 
     score = torch.zeros(1, 60)
     score[0, 20], score[0, 45] = 5.0, 3.0
-    index, value = _select_spans(score, 2 * (SPAN_LEFT + SPAN_RIGHT + 1))
+    index, value = select_spans(score, 2 * (SPAN_LEFT + SPAN_RIGHT + 1))
     first = list(range(20 - SPAN_LEFT, 20 + SPAN_RIGHT + 1))
     second = list(range(45 - SPAN_LEFT, min(60, 45 + SPAN_RIGHT + 1)))
     taken = index[0].tolist()

@@ -27,6 +27,9 @@ POLICIES = [
     CachePolicy("freqkv", 32, 4, 0, 0.5),
     CachePolicy("freqkv", 32, 0, 6, 0.4),
     CachePolicy("sink", 32, 4, 5, 0.5),
+    # The hybrid with random spans: the training schedule and the cache draw the same plan.
+    CachePolicy("hybrid", 32, 4, 4, 0.5, exact=0.25, selector="random", seed=5),
+    CachePolicy("hybrid", 40, 2, 0, 0.5, exact=0.3, selector="random", seed=7),
 ]
 
 
@@ -152,6 +155,24 @@ def test_training_lowers_the_loss_on_held_fixed_batch(base: Path, tmp_path: Path
     assert after < before * 0.97  # measured: -6% in 25 steps; broken gradients leave it unchanged
 
 
+def test_hybrid_training_draws_new_spans_each_step_and_learns(base: Path, tmp_path: Path) -> None:
+    policy = CachePolicy("hybrid", 48, 4, 8, 0.5, exact=0.25)
+    trainer = make_trainer(base, tmp_path / "out", steps=25, lr=1e-2, policy=policy)
+    batch = trainer.corpus.batch(10_000, 2, 160, seed=99)
+    with torch.no_grad():
+        before = trainer.loss(batch)[0].item()
+    plans = trainer.schedule.plans
+    trainer.step = 1
+    with torch.no_grad():
+        trainer.loss(batch)
+    assert plans and not torch.equal(plans[0].exact_from, trainer.schedule.plans[0].exact_from)
+    trainer.step = 0
+    trainer.run()
+    with torch.no_grad():
+        after = trainer.loss(batch)[0].item()
+    assert after < before * 0.97
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(base: Path, tmp_path: Path) -> None:
     straight = make_trainer(base, tmp_path / "a", steps=6)
     straight.run()
@@ -241,7 +262,7 @@ def test_finetune_command_writes_an_adapter_that_eval_loads(
         (["--seq-len", "40"], "must exceed --window"),
         (["--lora-targets", "nope_proj"], "no module named 'nope_proj'"),
         (["--batch", "3", "--micro-batch", "2"], "multiple of --micro-batch"),
-        (["--cache", "full"], "freqkv or sink"),
+        (["--cache", "full"], "freqkv, sink or hybrid"),
         (["--ratio", "1.5"], "ratio"),
         (["--lr", "0"], "--lr"),
     ],

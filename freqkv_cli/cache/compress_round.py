@@ -1,9 +1,11 @@
-"""One compression round of the freqkv or sink policy, shared by the inference cache (in place,
-layers stacked) and the training path (out of place, differentiable)."""
+"""One compression round (freqkv, sink, hybrid), shared by the inference cache (in place, layers
+stacked) and the training path (out of place, differentiable)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -51,3 +53,124 @@ def compress_round(
         keys, values = read(moved_from, window)
         pieces.append((rotation.shift(keys.float(), moved_from, moved_to), values))
     return pieces
+
+
+@dataclass(frozen=True)
+class HybridPlan:
+    """Where every entry goes in one hybrid round; the same for every layer and head.
+
+    exact_from:  ``(B, new_e)`` slots that become the exact part, in stream order.
+    stream_from: ``(B, z)`` slots low-passed into ``kept`` entries (the compressed part, then
+                 the candidates not picked, in stream order).
+    After the round a layer holds ``[head | exact new_e | low kept | recent]``.
+    """
+
+    head: int
+    exact_from: torch.Tensor
+    stream_from: torch.Tensor
+    kept: int
+    recent: int
+    window: int
+
+    @property
+    def new_e(self) -> int:
+        return self.exact_from.shape[-1]
+
+    @property
+    def length(self) -> int:
+        return self.head + self.new_e + self.kept + self.recent
+
+
+@dataclass
+class HybridState:
+    """What a hybrid cache remembers between rounds: ``e`` exact and ``c`` compressed entries
+    after the head; ``tokens`` ``(B, e)`` stream index and ``scores`` ``(B, e)`` of each exact one."""
+
+    e: int = 0
+    c: int = 0
+    tokens: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+
+
+def plan_hybrid_round(
+    state: HybridState,
+    scores: torch.Tensor,
+    select: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    head: int,
+    recent: int,
+    window: int,
+    quota: int,
+    exact_slots: int,
+    ratio: float,
+    tokens_seen: int,
+) -> tuple[HybridPlan, HybridState]:
+    """Plan one round from ``scores`` ``(B, n)`` of the ``n`` candidates (the slots between the
+    compressed part and the recent window). ``select(scores, take)`` -> ``(B, take)`` offsets in
+    stream order and the score each one competes with. The new picks and the exact entries
+    already held compete; the best ``exact_slots`` stay, in stream order."""
+    e, c = state.e, state.c
+    tail = head + e + c  # first never-compressed slot
+    candidates = window - recent - tail
+    take = min(quota, candidates)
+    new_e = min(exact_slots, e + take)
+    z = c + candidates - take
+    kept = math.floor(z * ratio) if z > 1 else z
+    first_token = tokens_seen - (window - tail)  # stream index of slot `tail`
+    top, span_score = select(scores, take)
+    device, batch = top.device, top.shape[0]
+    old_tokens = (
+        state.tokens if state.tokens is not None else torch.empty(batch, 0, dtype=torch.long, device=device)
+    )
+    old_scores = state.scores if state.scores is not None else torch.empty(batch, 0, device=device)
+    pool_tok = torch.cat([old_tokens, first_token + top], dim=-1)
+    pool_score = torch.cat([old_scores, span_score.float()], dim=-1)
+    pool_slot = torch.cat([torch.arange(head, head + e, device=device).expand(batch, e), tail + top], -1)
+    keep = pool_score.topk(new_e, dim=-1).indices
+    keep = keep.gather(-1, pool_tok.gather(-1, keep).argsort(dim=-1))  # stream order
+    # The candidates not picked, in order: a stable sort of the mask lists them without a host sync.
+    picked = torch.zeros(batch, candidates, dtype=torch.bool, device=device).scatter_(-1, top, True)
+    rest = (~picked).to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, : candidates - take]
+    stream_from = torch.cat([torch.arange(head + e, tail, device=device).expand(batch, c), tail + rest], -1)
+    plan = HybridPlan(head, pool_slot.gather(-1, keep), stream_from, kept, recent, window)
+    return plan, HybridState(new_e, kept, pool_tok.gather(-1, keep), pool_score.gather(-1, keep))
+
+
+def hybrid_round(
+    gather: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    read: SlotReader,
+    plan: HybridPlan,
+    rotation: KeyRotation,
+    *,
+    method: str = "auto",
+    tf32: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The entries that follow the head after a hybrid round, as ``(keys, values)`` pieces in slot
+    order (exact, low-passed, recent). ``gather(slots (B, k))`` gives the rotated keys and the
+    values at those slots, ``(..., B, H, k, D)``; ``read`` as in :func:`compress_round`.
+    Keys come back float32, low-passed values float32, the others as read."""
+    head, new_e, kept = plan.head, plan.new_e, plan.kept
+    device = plan.exact_from.device
+    ex_k, ex_v = gather(plan.exact_from)
+    ex_k = rotation.rotate(
+        rotation.unrotate(ex_k.float(), plan.exact_from[:, None]),
+        torch.arange(head, head + new_e, device=device),
+    )
+    st_k, st_v = gather(plan.stream_from)
+    count = st_k.shape[0] if st_k.dim() == 5 else None
+    unrotated = rotation.unrotate(st_k.float(), plan.stream_from[:, None])
+    both = (
+        torch.cat([unrotated, st_v.float()]) if count is not None else torch.stack([unrotated, st_v.float()])
+    )
+    if plan.stream_from.shape[-1] > 1:
+        both = lowpass(both, kept, -2, method, tf32=tf32)
+    split = count if count is not None else 1
+    low_k, low_v = both[:split], both[split:]
+    if count is None:
+        low_k, low_v = low_k[0], low_v[0]
+    start = head + new_e
+    low_k = rotation.rotate(low_k, torch.arange(start, start + kept, device=device))
+    moved_from, moved_to = plan.window - plan.recent, start + kept
+    rec_k, rec_v = read(moved_from, plan.window)
+    rec_k = rotation.shift(rec_k.float(), moved_from, moved_to)
+    return [(ex_k, ex_v), (low_k, low_v), (rec_k, rec_v)]

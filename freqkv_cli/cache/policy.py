@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from ..errors import UsageError
 
 POLICIES = ("freqkv", "sink", "full", "hybrid")
-SELECTORS = ("attention", "keynorm", "surprise")
+SELECTORS = ("attention", "keynorm", "surprise", "random")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,10 @@ class CachePolicy:
             model's retrieval heads when a profile is known), and low key norm while no question
             has been asked. ``keynorm``: low key norm, with or without a question
             (query-agnostic). ``surprise``: the tokens the model predicted
-            worst (experimental). Measured against each other in docs/BENCHMARKS.md section 6.
+            worst (experimental). ``random``: spans at random (``seed``), what fine-tuning with
+            the hybrid in the loop uses: plain text has no question to aim at. Measured against
+            each other in docs/BENCHMARKS.md section 6.
+    seed:   hybrid with the random selector: the seed of its generator.
     """
 
     kind: str = "freqkv"
@@ -42,6 +45,7 @@ class CachePolicy:
     ratio: float = 0.5
     exact: float = 0.25
     selector: str = "attention"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         self.validate()

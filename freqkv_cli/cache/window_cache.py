@@ -20,8 +20,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .compress_round import compress_round
-from .dct import lowpass
+from .compress_round import HybridState, compress_round, hybrid_round, plan_hybrid_round
 from .policy import CachePolicy
 from .rotary import KeyRotation
 
@@ -146,12 +145,10 @@ class WindowedCache(Cache):
         self._reset_hybrid()
 
     def _reset_hybrid(self) -> None:
-        # Hybrid layout per layer: [head | exact e | compressed c | tail (exact, in stream order)].
-        self.exact_count = 0
-        self.compressed_count = 0
-        # One choice for all layers and heads: (B, e) stream index and span score of each exact slot.
-        self.exact_tokens: torch.Tensor | None = None
-        self.exact_scores: torch.Tensor | None = None
+        # Hybrid layout per layer: [head | exact e | compressed c | tail (exact, in stream order)];
+        # one choice for all layers and heads.
+        self.hybrid = HybridState()
+        self.random = torch.Generator().manual_seed(self.policy.seed)
         self.queries: list[torch.Tensor] | None = None  # per layer (B, Hq, Tq, D), pre-RoPE
         self.head_weights: torch.Tensor | None = None  # (layers, Hq): which query heads score
         self.surprise: torch.Tensor | None = None  # (B, window): NLL of the token in each slot
@@ -172,6 +169,19 @@ class WindowedCache(Cache):
         """
         self.queries = queries
         self.head_weights = None if head_weights is None else head_weights.float().cpu()
+
+    @property
+    def exact_count(self) -> int:
+        return self.hybrid.e
+
+    @property
+    def compressed_count(self) -> int:
+        return self.hybrid.c
+
+    @property
+    def exact_tokens(self) -> torch.Tensor | None:
+        """``(B, e)`` stream index of each exact entry (hybrid), in stream order."""
+        return self.hybrid.tokens
 
     # -- what the engine asks -------------------------------------------------------
     @property
@@ -277,78 +287,66 @@ class WindowedCache(Cache):
         """One hybrid round: score the tail tokens leaving the recent window, keep the best spans
         in the exact slots (in stream order), low-pass the rest with the compressed part.
 
-        One choice serves every layer and head, so the slot plan (which slot goes where) is
-        computed once and applied to layers in stacked groups, as the freqkv round is.
+        One choice serves every layer and head (chosen per layer, the early layers, whose
+        queries are not yet about meaning, kept other tokens and blurred the needle there), so
+        the slot plan is computed once and applied to stacked layer groups, as FreqKV's is.
         """
         policy, window = self.policy, self.policy.window
-        e, c = self.exact_count, self.compressed_count
-        tail = head + e + c  # first never-compressed slot
+        tail = head + self.hybrid.e + self.hybrid.c
         candidates = window - recent - tail
-        take = min(policy.quota(), candidates)
-        new_e = min(policy.exact_slots(), e + take)
-        z = c + candidates - take  # entries that go through the low-pass
-        kept = math.floor(z * policy.ratio) if z > 1 else z
-        first_token = self.tokens_seen - (window - tail)  # stream index of slot `tail`
-        # One choice for every layer and head, from scores combined over them. Chosen per layer,
-        # the early layers (whose queries are not yet about meaning) kept other tokens and blurred
-        # the needle there (measured: the pass key came back garbled).
         if self.policy.selector == "surprise" and self.surprise is not None:
-            mean_score = self.surprise[:, tail : tail + candidates]
+            scores = self.surprise[:, tail : tail + candidates]
+        elif self.policy.selector == "random":
+            scores = self._random_scores(candidates)
         else:
-            mean_score = self._combined_scores(tail, candidates)  # (B, n)
-        # (B, take) slot offsets in stream order, each with the score of the span it belongs to:
-        # later rounds then keep or drop whole spans, never the low-scoring middle of a fact.
-        top, span_score = _select_spans(mean_score, take)
-        device = top.device
-        batch = top.shape[0]
-        # The exact pool: the entries already exact and the new picks; the best new_e stay.
-        pool_tok = torch.cat([self._exact_tokens(batch, device), first_token + top], dim=-1)
-        pool_score = torch.cat([self._exact_scores(batch, device), span_score.float()], dim=-1)
-        pool_slot = torch.cat([torch.arange(head, head + e, device=device).expand(batch, e), tail + top], -1)
-        keep = pool_score.topk(new_e, dim=-1).indices
-        keep = keep.gather(-1, pool_tok.gather(-1, keep).argsort(dim=-1))  # stream order
-        self.exact_tokens = pool_tok.gather(-1, keep)
-        self.exact_scores = pool_score.gather(-1, keep)
-        exact_from = pool_slot.gather(-1, keep)  # (B, new_e): where they are now
-        # The low-pass stream: the compressed part, then the candidates not picked, in order
-        # (a stable sort of the "not picked" mask lists them without a host sync).
-        picked = torch.zeros(batch, candidates, dtype=torch.bool, device=device).scatter_(-1, top, True)
-        rest = (~picked).to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, : candidates - take]
-        stream_from = torch.cat(
-            [torch.arange(head + e, tail, device=device).expand(batch, c), tail + rest], -1
+            scores = self._combined_scores(tail, candidates)  # (B, n)
+        plan, self.hybrid = plan_hybrid_round(
+            self.hybrid,
+            scores,
+            select_spans,
+            head=head,
+            recent=recent,
+            window=window,
+            quota=policy.quota(),
+            exact_slots=policy.exact_slots(),
+            ratio=policy.ratio,
+            tokens_seen=self.tokens_seen,
         )
-        new_c = head + new_e
-        moved_from, moved_to = window - recent, new_c + kept
-        exact_to = torch.arange(head, new_c, device=device)
-        low_to = torch.arange(new_c, moved_to, device=device)
+        device = plan.exact_from.device
         tf32 = self.layers[0].keys.dtype in (torch.bfloat16, torch.float16)
         for first in range(0, len(self.layers), group := self._hybrid_group(device)):
             layers = self.layers[first : first + group]
-            count = len(layers)
-            ex_k = torch.stack([_gather_slots(layer.keys, exact_from) for layer in layers]).float()
-            ex_v = torch.stack([_gather_slots(layer.values, exact_from) for layer in layers])
-            ex_k = self.rotation.rotate(self.rotation.unrotate(ex_k, exact_from[:, None]), exact_to)
-            st_k = torch.stack([_gather_slots(layer.keys, stream_from) for layer in layers]).float()
-            st_v = torch.stack([_gather_slots(layer.values, stream_from) for layer in layers]).float()
-            both = torch.cat([self.rotation.unrotate(st_k, stream_from[:, None]), st_v])
-            if z > 1:
-                both = lowpass(both, kept, -2, self.lowpass_method, tf32=tf32)
-            low_k, low_v = self.rotation.rotate(both[:count], low_to), both[count:]
-            rec_k = torch.stack([layer.keys[:, :, moved_from:window] for layer in layers]).float()
-            rec_v = torch.stack([layer.values[:, :, moved_from:window] for layer in layers])
-            rec_k = self.rotation.shift(rec_k, moved_from, moved_to)
+
+            def gather(
+                slots: torch.Tensor, layers: list[WindowLayer] = layers
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+                keys = torch.stack([_gather_slots(layer.keys, slots) for layer in layers])
+                return keys, torch.stack([_gather_slots(layer.values, slots) for layer in layers])
+
+            def read(
+                begin: int, end: int, layers: list[WindowLayer] = layers
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+                keys = torch.stack([layer.keys[:, :, begin:end] for layer in layers])
+                return keys, torch.stack([layer.values[:, :, begin:end] for layer in layers])
+
+            pieces = hybrid_round(gather, read, plan, self.rotation, method=self.lowpass_method, tf32=tf32)
             for index, layer in enumerate(layers):  # everything was read above: now overwrite
-                dtype = layer.keys.dtype
-                layer.keys[:, :, head:new_c] = ex_k[index].to(dtype)
-                layer.values[:, :, head:new_c] = ex_v[index]
-                layer.keys[:, :, new_c:moved_to] = low_k[index].to(dtype)
-                layer.values[:, :, new_c:moved_to] = low_v[index].to(dtype)
-                layer.keys[:, :, moved_to : moved_to + recent] = rec_k[index].to(dtype)
-                layer.values[:, :, moved_to : moved_to + recent] = rec_v[index]
-                layer.length = moved_to + recent
+                slot = head
+                for keys, values in pieces:
+                    size = keys.shape[-2]
+                    layer.keys[:, :, slot : slot + size] = keys[index].to(layer.keys.dtype)
+                    layer.values[:, :, slot : slot + size] = values[index].to(layer.values.dtype)
+                    slot += size
+                layer.length = plan.length
         if self.surprise is not None:  # the recent tokens' scores move with them
-            self.surprise[:, moved_to : moved_to + recent] = self.surprise[:, moved_from:window].clone()
-        self.exact_count, self.compressed_count = new_e, kept
+            moved_to = plan.length - recent
+            self.surprise[:, moved_to : plan.length] = self.surprise[:, window - recent : window].clone()
+
+    def _random_scores(self, candidates: int) -> torch.Tensor:
+        """Seeded noise: picks spans at random (training augmentation, and the tests that replay
+        a training schedule through this cache)."""
+        noise = torch.rand(1, candidates, generator=self.random)
+        return noise.to(self.layers[0].keys.device)
 
     def _hybrid_group(self, device: torch.device) -> int:
         """Layers per stacked hybrid step: one on CPUs (measured fastest, as for FreqKV); on GPUs
@@ -360,14 +358,6 @@ class WindowedCache(Cache):
         keys = self.layers[0].keys
         per_layer = keys.shape[0] * keys.shape[1] * self.policy.window * keys.shape[-1] * 4
         return max(1, min(len(self.layers), (256 << 20) // max(per_layer, 1)))
-
-    def _exact_tokens(self, batch: int, device: torch.device) -> torch.Tensor:
-        found = self.exact_tokens
-        return found if found is not None else torch.empty(batch, 0, dtype=torch.long, device=device)
-
-    def _exact_scores(self, batch: int, device: torch.device) -> torch.Tensor:
-        found = self.exact_scores
-        return found if found is not None else torch.empty(batch, 0, device=device)
 
     def _combined_scores(self, tail: int, candidates: int) -> torch.Tensor:
         """``(B, n)``: one score per candidate slot, for every layer and head to share.
@@ -443,7 +433,7 @@ class WindowedCache(Cache):
 SPAN_LEFT, SPAN_RIGHT = 3, 11
 
 
-def _select_spans(score: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Tensor]:
+def select_spans(score: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, n)`` scores -> ``(B, take)`` sorted indices and the score of each one's span: the
     best token with ``SPAN_LEFT`` neighbours before it and ``SPAN_RIGHT`` after, then the next
     best outside the spans taken, until ``take`` are chosen."""

@@ -58,8 +58,8 @@ class FinetuneConfig:
     save_every: int = 50
 
     def validate(self) -> None:
-        if self.policy.kind not in ("freqkv", "sink"):
-            raise UsageError("--cache must be freqkv or sink for fine-tuning")
+        if self.policy.kind not in ("freqkv", "sink", "hybrid"):
+            raise UsageError("--cache must be freqkv, sink or hybrid for fine-tuning")
         checks = [
             (self.seq_len > self.policy.window, f"--seq-len {self.seq_len} must exceed --window"),
             (self.steps >= 1, "--steps must be at least 1"),
@@ -198,7 +198,10 @@ class Finetuner:
             fused=self.device.type == "cuda",
         )
         self.schedule = grouped_attention.GroupSchedule.build(
-            config.policy, self.causal_lm.model.rotary_emb, config.seq_len, self.device
+            config.policy.with_(selector="random") if config.policy.kind == "hybrid" else config.policy,
+            self.causal_lm.model.rotary_emb,
+            config.seq_len,
+            self.device,
         )
         self.step = 0
         self.tokens = 0
@@ -220,6 +223,15 @@ class Finetuner:
     # -- one step -------------------------------------------------------------------------
     def loss(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Summed next-token cross-entropy of ``(B, seq_len)`` ids and the number of targets."""
+        if self.config.policy.kind == "hybrid":
+            # Plain text has no question to aim the exact slots at: each step keeps other random
+            # spans exact, so the model learns to read exact entries beside the compressed ones.
+            policy = self.config.policy.with_(
+                selector="random", seed=self.config.seed * 1_000_003 + self.step
+            )
+            self.schedule = grouped_attention.GroupSchedule.build(
+                policy, self.causal_lm.model.rotary_emb, self.config.seq_len, self.device
+            )
         positions = self.schedule.positions[None].expand(input_ids.shape[0], -1)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         with autocast:

@@ -17,15 +17,16 @@ inference engine's on the same sequence (tested).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache.compress_round import compress_round
+from ..cache.compress_round import HybridPlan, HybridState, compress_round, hybrid_round, plan_hybrid_round
 from ..cache.policy import CachePolicy
 from ..cache.rotary import KeyRotation
+from ..cache.window_cache import select_spans
 
 ATTENTION_NAME = "freqkv_grouped"
 SCHEDULE_KWARG = "freqkv_schedule"
@@ -35,7 +36,8 @@ SCHEDULE_KWARG = "freqkv_schedule"
 class GroupSchedule:
     """The window schedule of one training sequence of ``length`` tokens.
 
-    policy:   the inference policy (``freqkv`` or ``sink``), applied exactly.
+    policy:   the inference policy (``freqkv``, ``sink``, or ``hybrid`` with random spans: the
+              selector's seed picks them, one plan per round for every layer), applied exactly.
     rotation: the model's own rotary embedding, to move rotated keys to new slots.
     groups:   ``[(start, end), ...]`` token ranges; group 0 fills the window, later ones
               are ``F - L`` tokens each (the last may be shorter).
@@ -47,41 +49,100 @@ class GroupSchedule:
     groups: list[tuple[int, int]]
     positions: torch.Tensor
     lowpass_method: str = "auto"
+    plans: list[HybridPlan] | None = None  # hybrid: one per round, shared by every layer
 
     @classmethod
     def build(
         cls, policy: CachePolicy, rotary_emb: nn.Module, length: int, device: torch.device | str = "cpu"
     ) -> GroupSchedule:
-        if policy.kind not in ("freqkv", "sink"):
-            raise ValueError(f"training runs the freqkv or sink policy, not {policy.kind!r}")
+        if policy.kind not in ("freqkv", "sink", "hybrid"):
+            raise ValueError(f"training runs the freqkv, sink or hybrid policy, not {policy.kind!r}")
+        if policy.kind == "hybrid" and policy.selector != "random":
+            raise ValueError("training runs the hybrid policy with random spans (selector='random')")
         groups, positions = [], []
+        plans: list[HybridPlan] = []
+        state = HybridState()
+        generator = torch.Generator().manual_seed(policy.seed)
         start, filled = 0, 0
         while start < length:
+            if start:  # a round before every group but the first
+                if policy.kind == "hybrid":
+                    # The same plan, and the same noise, as WindowedCache with this policy.
+                    candidates = policy.window - policy.recent - (policy.sink + state.e + state.c)
+                    scores = torch.rand(1, candidates, generator=generator)
+                    plan, state = plan_hybrid_round(
+                        state,
+                        scores,
+                        select_spans,
+                        head=policy.sink,
+                        recent=policy.recent,
+                        window=policy.window,
+                        quota=policy.quota(),
+                        exact_slots=policy.exact_slots(),
+                        ratio=policy.ratio,
+                        tokens_seen=start,
+                    )
+                    plans.append(_to(plan, device))
+                    filled = plan.length
+                else:
+                    filled = policy.sink + policy.kept() + policy.recent  # what a compression leaves
             size = min(policy.window - filled, length - start)
             groups.append((start, start + size))
             positions.append(torch.arange(filled, filled + size))
             start += size
-            filled = policy.sink + policy.kept() + policy.recent  # what a compression leaves
         pos = torch.cat(positions).to(device) if positions else torch.empty(0, dtype=torch.long)
-        return cls(policy, KeyRotation(rotary_emb), groups, pos)
+        return cls(
+            policy, KeyRotation(rotary_emb), groups, pos, plans=plans if policy.kind == "hybrid" else None
+        )
 
     # -- one compression round on (batch, kv_heads, N, head_dim) keys and values --------
-    def compress(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The inference round (:func:`compress_round`), out of place, so autograd follows it."""
+    def compress(
+        self, keys: torch.Tensor, values: torch.Tensor, index: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Round ``index`` of the inference schedule (:func:`compress_round`, or
+        :func:`hybrid_round` with this round's plan), out of place, so autograd follows it."""
         policy, head = self.policy, self.policy.sink
-        pieces = compress_round(
-            lambda begin, end: (keys[:, :, begin:end], values[:, :, begin:end]),
-            kind=policy.kind,
-            head=head,
-            span=policy.span(),
-            kept=policy.kept(),
-            window=keys.shape[-2],
-            rotation=self.rotation,
-            method=self.lowpass_method,
-        )
+        if self.plans is not None:
+            plan = self.plans[index]
+            batch = keys.shape[0]
+
+            def gather(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                slots = slots.expand(batch, -1)
+                index4 = slots[:, None, :, None].expand(batch, keys.shape[1], slots.shape[-1], keys.shape[-1])
+                return keys.gather(-2, index4), values.gather(-2, index4)
+
+            pieces = hybrid_round(
+                gather,
+                lambda begin, end: (keys[:, :, begin:end], values[:, :, begin:end]),
+                _expand(plan, batch),
+                self.rotation,
+                method=self.lowpass_method,
+            )
+        else:
+            pieces = compress_round(
+                lambda begin, end: (keys[:, :, begin:end], values[:, :, begin:end]),
+                kind=policy.kind,
+                head=head,
+                span=policy.span(),
+                kept=policy.kept(),
+                window=keys.shape[-2],
+                rotation=self.rotation,
+                method=self.lowpass_method,
+            )
         all_keys = [keys[:, :, :head], *(k.to(keys.dtype) for k, _ in pieces)]
         all_values = [values[:, :, :head], *(v.to(values.dtype) for _, v in pieces)]
         return torch.cat(all_keys, dim=-2), torch.cat(all_values, dim=-2)
+
+
+def _to(plan: HybridPlan, device: torch.device | str) -> HybridPlan:
+    return replace(plan, exact_from=plan.exact_from.to(device), stream_from=plan.stream_from.to(device))
+
+
+def _expand(plan: HybridPlan, batch: int) -> HybridPlan:
+    """A plan made for one sequence, for every sequence of a batch (they share the schedule)."""
+    return replace(
+        plan, exact_from=plan.exact_from.expand(batch, -1), stream_from=plan.stream_from.expand(batch, -1)
+    )
 
 
 def grouped_attention(
@@ -108,13 +169,13 @@ def grouped_attention(
     gqa = query.shape[1] != key.shape[1]
     outputs = []
     cache_k = cache_v = None
-    for start, end in schedule.groups:
+    for group, (start, end) in enumerate(schedule.groups):
         q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
         if cache_k is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
             cache_k, cache_v = k, v
         else:
-            cache_k, cache_v = schedule.compress(cache_k, cache_v)
+            cache_k, cache_v = schedule.compress(cache_k, cache_v, group - 1)
             held, size = cache_k.shape[-2], end - start
             keys = torch.cat([cache_k, k], dim=-2)
             values = torch.cat([cache_v, v], dim=-2)

@@ -44,9 +44,14 @@ def finetune(
     ratio: Annotated[
         float, typer.Option("--ratio", rich_help_panel=o.MODEL_PANEL, help="Kept share r.")
     ] = 0.5,
+    exact: o.ExactOpt = None,
     cache: Annotated[
         str,
-        typer.Option("--cache", rich_help_panel=o.MODEL_PANEL, help="Policy in the loop: freqkv or sink."),
+        typer.Option(
+            "--cache",
+            rich_help_panel=o.MODEL_PANEL,
+            help="Policy in the loop: freqkv, sink, or hybrid (random spans kept exact; see --exact).",
+        ),
     ] = "freqkv",
     seq_len: Annotated[
         str, typer.Option("--seq-len", rich_help_panel=TRAIN_PANEL, help="Tokens per training sequence.")
@@ -145,7 +150,9 @@ def finetune(
     from ...training.finetune import FinetuneConfig, Finetuner
 
     readout = Readout(quiet=quiet, force_progress=progress, no_color=o.color_disabled(no_color))
-    policy = CachePolicy(kind=cache, window=parse_size(window), sink=sink, recent=recent, ratio=ratio)
+    policy = CachePolicy(
+        kind=cache, window=parse_size(window), sink=sink, recent=recent, ratio=ratio, exact=exact or 0.25
+    )
     config = FinetuneConfig(
         policy=policy, seq_len=parse_size(seq_len), steps=steps, lr=lr, warmup=warmup, batch=batch,
         micro_batch=micro_batch, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
