@@ -126,3 +126,10 @@ def test_calibrate_bad_input_is_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0 and "missing.txt" in one_line_error(result.stderr.decode())
     result = cli("calibrate", "--trials", "0")
     assert result.returncode == 2
+    model = str(save_tiny_model(tmp_path / "model"))
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    result = cli("calibrate", "-m", model, "--out", str(blocked / "heads.json"))
+    assert result.returncode == 2 and "cannot write the head profile" in one_line_error(
+        result.stderr.decode()
+    )

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ...errors import InputError
+from ...errors import InputError, UsageError
 from ...evaluation.calibrate import FACTS, CalibrationTrial, calibrate_heads
 from ...models.loading import calibrated_heads_path
 from .. import options as o
@@ -69,6 +69,14 @@ def calibrate(
     if not haystack.strip():
         raise InputError(f"{source}: no text to hide facts in")
     loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned), readout)
+    target = out if out is not None else calibrated_heads_path(loaded.heads_key)
+    try:  # fail before the trials, not after them
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = target.with_suffix(".probe")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write the head profile to {target}: {exc.strerror or exc}") from None
     done = {"count": 0}
 
     def progress(trial: CalibrationTrial) -> None:
@@ -80,7 +88,6 @@ def calibrate(
 
     profile = calibrate_heads(loaded, haystack, length=length, trials=trials, top=heads, on_trial=progress)
     profile.source["text"] = source
-    target = out if out is not None else calibrated_heads_path(loaded.heads_key)
     profile.save(target)
     scores = [profile.scores[layer][head] for layer, head in profile.heads]
     if as_json:
