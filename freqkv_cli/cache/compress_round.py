@@ -157,20 +157,21 @@ def hybrid_round(
         torch.arange(head, head + new_e, device=device),
     )
     st_k, st_v = gather(plan.stream_from)
-    count = st_k.shape[0] if st_k.dim() == 5 else None
-    unrotated = rotation.unrotate(st_k.float(), plan.stream_from[:, None])
-    both = (
-        torch.cat([unrotated, st_v.float()]) if count is not None else torch.stack([unrotated, st_v.float()])
-    )
+    # Keys (un-rotated) and values low-passed in one call, stacked on the leading axis.
+    count = st_k.shape[0]
+    both = torch.cat([rotation.unrotate(st_k.float(), plan.stream_from[:, None]), st_v.float()])
     if plan.stream_from.shape[-1] > 1:
         both = lowpass(both, kept, -2, method, tf32=tf32)
-    split = count if count is not None else 1
-    low_k, low_v = both[:split], both[split:]
-    if count is None:
-        low_k, low_v = low_k[0], low_v[0]
+    low_k, low_v = both[:count], both[count:]
     start = head + new_e
     low_k = rotation.rotate(low_k, torch.arange(start, start + kept, device=device))
     moved_from, moved_to = plan.window - plan.recent, start + kept
     rec_k, rec_v = read(moved_from, plan.window)
     rec_k = rotation.shift(rec_k.float(), moved_from, moved_to)
     return [(ex_k, ex_v), (low_k, low_v), (rec_k, rec_v)]
+
+
+def gather_slots(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, H, slots, D)``, ``slots`` ``(B, k)`` -> ``(B, H, k, D)``: the same slots for every head."""
+    batch, heads, _, dim = x.shape
+    return x.gather(-2, slots[:, None, :, None].expand(batch, heads, slots.shape[-1], dim))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .compress_round import HybridState, compress_round, hybrid_round, plan_hybrid_round
+from .compress_round import HybridState, compress_round, gather_slots, hybrid_round, plan_hybrid_round
 from .policy import CachePolicy
 from .rotary import KeyRotation
 
@@ -242,29 +242,21 @@ class WindowedCache(Cache):
         if self.policy.kind == "hybrid":
             self._compress_hybrid(head, recent)
         else:
-            kind = self.policy.kind
             span, kept = self.policy.span(head), self.policy.kept(head)
             # Layers go in batches (layers, batch, heads, seq, head_dim): fewer kernel launches on
             # GPUs, with bounded float32 scratch; on CPUs one layer at a time measured fastest.
             group = 1 if device.type == "cpu" else 4
             for first in range(0, len(self.layers), group):
-                self._compress_layers(self.layers[first : first + group], kind, head, span, kept, recent)
-
+                self._compress_layers(self.layers[first : first + group], head, span, kept)
         self.compressions += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.compress_seconds += time.perf_counter() - started
 
-    def _compress_layers(
-        self, layers: list[WindowLayer], kind: str, head: int, span: int, kept: int, recent: int
-    ) -> None:
-        def read(begin: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-            keys = torch.stack([layer.keys[:, :, begin:end] for layer in layers])
-            return keys, torch.stack([layer.values[:, :, begin:end] for layer in layers])
-
+    def _compress_layers(self, layers: list[WindowLayer], head: int, span: int, kept: int) -> None:
         pieces = compress_round(
-            read,
-            kind=kind,
+            lambda begin, end: _read_stacked(layers, begin, end),
+            kind=self.policy.kind,
             head=head,
             span=span,
             kept=kept,
@@ -274,14 +266,7 @@ class WindowedCache(Cache):
             # 16-bit caches may use TF32 for the DCT matmul (measured on an H100: 112 -> 65 ms a round).
             tf32=layers[0].keys.dtype in (torch.bfloat16, torch.float16),
         )
-        for index, layer in enumerate(layers):
-            slot = head
-            for keys, values in pieces:
-                size = keys.shape[-2]
-                layer.keys[:, :, slot : slot + size] = keys[index].to(layer.keys.dtype)
-                layer.values[:, :, slot : slot + size] = values[index].to(layer.values.dtype)
-                slot += size
-            layer.length = head + kept + recent
+        _write_pieces(layers, head, pieces)
 
     def _compress_hybrid(self, head: int, recent: int) -> None:
         """One hybrid round: score the tail tokens leaving the recent window, keep the best spans
@@ -320,24 +305,18 @@ class WindowedCache(Cache):
             def gather(
                 slots: torch.Tensor, layers: list[WindowLayer] = layers
             ) -> tuple[torch.Tensor, torch.Tensor]:
-                keys = torch.stack([_gather_slots(layer.keys, slots) for layer in layers])
-                return keys, torch.stack([_gather_slots(layer.values, slots) for layer in layers])
+                keys = torch.stack([gather_slots(layer.keys, slots) for layer in layers])
+                return keys, torch.stack([gather_slots(layer.values, slots) for layer in layers])
 
-            def read(
-                begin: int, end: int, layers: list[WindowLayer] = layers
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-                keys = torch.stack([layer.keys[:, :, begin:end] for layer in layers])
-                return keys, torch.stack([layer.values[:, :, begin:end] for layer in layers])
-
-            pieces = hybrid_round(gather, read, plan, self.rotation, method=self.lowpass_method, tf32=tf32)
-            for index, layer in enumerate(layers):  # everything was read above: now overwrite
-                slot = head
-                for keys, values in pieces:
-                    size = keys.shape[-2]
-                    layer.keys[:, :, slot : slot + size] = keys[index].to(layer.keys.dtype)
-                    layer.values[:, :, slot : slot + size] = values[index].to(layer.values.dtype)
-                    slot += size
-                layer.length = plan.length
+            pieces = hybrid_round(
+                gather,
+                lambda begin, end, layers=layers: _read_stacked(layers, begin, end),
+                plan,
+                self.rotation,
+                method=self.lowpass_method,
+                tf32=tf32,
+            )
+            _write_pieces(layers, head, pieces)  # everything was read above: now overwrite
         if self.surprise is not None:  # the recent tokens' scores move with them
             moved_to = plan.length - recent
             self.surprise[:, moved_to : plan.length] = self.surprise[:, window - recent : window].clone()
@@ -378,7 +357,7 @@ class WindowedCache(Cache):
         weight_sum = 0.0
         for index, layer in enumerate(self.layers):
             weights = None
-            if asked and self.head_weights is not None:
+            if self.head_weights is not None:
                 weights = self.head_weights[index]
                 if not bool((weights > 0).any()):
                     continue  # no scoring head in this layer: skip its attention entirely
@@ -394,14 +373,13 @@ class WindowedCache(Cache):
         return total / weight_sum
 
     def question_scores(self, index: int, cand_k: torch.Tensor) -> torch.Tensor:
-        """Attention from the question per query head ``(B, Hq, n)`` if there is one (and the
-        selector is ``attention``), else low key norm per KV head ``(B, Hkv, n)``.
+        """Attention ``(B, Hq, n)`` per query head from the question (:meth:`set_queries` first)
+        to the candidate keys ``cand_k`` ``(B, Hkv, n, D)`` of layer ``index``.
 
         The question's queries are rotated to the last slot, so they look back at the candidates
         as a question asked after the text would; averaged over the question's tokens.
         """
-        if self.queries is None or self.policy.selector == "keynorm":
-            return -cand_k.float().norm(dim=-1)
+        assert self.queries is not None, "question_scores needs the question's queries"
         q = self.queries[index].to(cand_k.device).float()  # (B, Hq, Tq, D)
         batch, heads, tq, dim = q.shape
         kv_heads = cand_k.shape[1]
@@ -463,7 +441,21 @@ def _standardize(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(dim=-1, keepdim=True)) / (x.std(dim=-1, keepdim=True) + 1e-6)
 
 
-def _gather_slots(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """``x`` ``(B, H, slots, D)``, ``slots`` ``(B, k)`` -> ``(B, H, k, D)``: the same slots for every head."""
-    batch, heads, _, dim = x.shape
-    return x.gather(-2, slots[:, None, :, None].expand(batch, heads, slots.shape[-1], dim))
+def _read_stacked(layers: list[WindowLayer], begin: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of slots ``begin .. end - 1``, stacked over ``layers``: ``(L, B, H, n, D)``."""
+    keys = torch.stack([layer.keys[:, :, begin:end] for layer in layers])
+    return keys, torch.stack([layer.values[:, :, begin:end] for layer in layers])
+
+
+def _write_pieces(
+    layers: list[WindowLayer], head: int, pieces: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
+    """Write a round's ``(keys, values)`` pieces (stacked over ``layers``) after the head, in order."""
+    for index, layer in enumerate(layers):
+        slot = head
+        for keys, values in pieces:
+            size = keys.shape[-2]
+            layer.keys[:, :, slot : slot + size] = keys[index].to(layer.keys.dtype)
+            layer.values[:, :, slot : slot + size] = values[index].to(layer.values.dtype)
+            slot += size
+        layer.length = slot

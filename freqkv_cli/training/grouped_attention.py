@@ -23,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache.compress_round import HybridPlan, HybridState, compress_round, hybrid_round, plan_hybrid_round
+from ..cache.compress_round import (
+    HybridPlan,
+    HybridState,
+    compress_round,
+    gather_slots,
+    hybrid_round,
+    plan_hybrid_round,
+)
 from ..cache.policy import CachePolicy
 from ..cache.rotary import KeyRotation
 from ..cache.window_cache import select_spans
@@ -107,9 +114,7 @@ class GroupSchedule:
             batch = keys.shape[0]
 
             def gather(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                slots = slots.expand(batch, -1)
-                index4 = slots[:, None, :, None].expand(batch, keys.shape[1], slots.shape[-1], keys.shape[-1])
-                return keys.gather(-2, index4), values.gather(-2, index4)
+                return gather_slots(keys, slots), gather_slots(values, slots)
 
             pieces = hybrid_round(
                 gather,
