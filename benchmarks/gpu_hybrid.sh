@@ -43,6 +43,11 @@ case "${1:-}" in
     bg ppl "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache freqkv,hybrid $SHAPE --json > $WORK/ppl.json"
     bg qa "bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
     sleep 20; tail -n 2 $WORK/*.log ;;
+  launch3)  # after span scoring by match density and quoting passages in qa: what they change
+    bg needle_hybrid "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \
+      --cache hybrid $SHAPE --json > $WORK/needle_hybrid.json"
+    bg qa "bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
+    sleep 20; tail -n 2 $WORK/*.log ;;
   launch)
     for cache in full sink freqkv hybrid; do
       bg needle_$cache "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \

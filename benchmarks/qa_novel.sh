@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # `freqkv qa` on a whole novel (Botchan, ~60k tokens, public domain): questions whose answers
 # sit once, deep inside the text (their depth is the share of the file's characters before the
-# answer). Each question is asked with the hybrid cache and with plain freqkv, at the tuned
-# window (1024) and at WINDOWS (default "1024 4096"). Prints a markdown table of answers;
-# the command is `freqkv qa BOOK QUESTION --cache C --window W -n 40`.
+# answer). Each question is asked under every CONFIGS entry "cache:window:reread" (default:
+# the hybrid with and without quoting its passages, at the tuned window 1024 and at 4096).
+# Prints a markdown table: the answer, whether it holds the expected words, and whether the
+# quoted passages held them. The command is
+#   freqkv qa BOOK QUESTION --cache C --window W --reread R -n 40 --json
 set -uo pipefail
 FREQKV=${FREQKV:-"python3 -m freqkv_cli.cli.entry"}
 BOOK=${BOOK:-samples/botchan.txt}
+CONFIGS=${CONFIGS:-"hybrid:1024:8 hybrid:1024:0 hybrid:4096:8 hybrid:4096:0"}
 ask() {  # depth expected question
   local depth=$1 expected=$2 question=$3
-  for window in ${WINDOWS:-1024 4096}; do
-    for cache in hybrid freqkv; do
-      local started=$SECONDS
-      answer=$($FREQKV qa "$BOOK" "$question" --cache "$cache" --window "$window" -n 40 --quiet 2>/dev/null \
-        | tr '\n' ' ')
-      echo "| $depth | $question | $expected | $cache | $window | ${answer} | $((SECONDS - started)) s |"
-    done
+  for config in $CONFIGS; do
+    IFS=: read -r cache window reread <<< "$config"
+    $FREQKV qa "$BOOK" "$question" --cache "$cache" --window "$window" --reread "$reread" -n 40 --json \
+      2>/dev/null | python3 "$(dirname "$0")/qa_row.py" "$expected" "$depth" "$question" "$config"
   done
 }
-echo "| depth | question | expected | cache | window | answer | seconds |"
+echo "| depth | question | expected | cache:window:reread | answer | right | in quoted passages |"
 echo "|---|---|---|---|---|---|---|"
 ask 0.38 "goruki" "On the fishing trip, what kind of fish does Clown say the narrator's first catch is?"
 ask 0.55 "Hagino" "What was the name of the old couple the narrator went to board with?"

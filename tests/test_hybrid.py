@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_model
 
 from freqkv_cli.cache.policy import CachePolicy
-from freqkv_cli.cache.window_cache import SPAN_LEFT, SPAN_RIGHT
+from freqkv_cli.cache.window_cache import DENSITY, SPAN_LEFT, SPAN_RIGHT
 from freqkv_cli.engine.streaming import StreamingEngine
 from freqkv_cli.errors import UsageError
 
@@ -65,6 +65,13 @@ def test_exact_slots_hold_the_selected_tokens_exactly_in_stream_order(family: st
         )
 
 
+def layer0_only(model: torch.nn.Module) -> torch.Tensor:
+    """Head weights ``(layers, Hq)`` that score with layer 0's heads only."""
+    weights = torch.zeros(model.config.num_hidden_layers, model.config.num_attention_heads)
+    weights[0] = 1.0
+    return weights
+
+
 def test_query_aware_selection_keeps_the_token_the_question_points_at() -> None:
     """A question whose query is a token's own (pre-RoPE) key picks that token among the candidates."""
     model = tiny_model("llama")
@@ -84,16 +91,43 @@ def test_query_aware_selection_keeps_the_token_the_question_points_at() -> None:
     query = rotation.unrotate(stored, torch.tensor([POLICY.window - 1]))[0, :, 0]  # (Hkv, D)
     query = query.repeat_interleave(group, dim=0)  # each query head gets its KV head's direction
     queries = [query[None, :, None] * 8.0 for _ in model.model.layers]  # sharp attention
-    engine.cache.set_queries(queries)
+    engine.cache.set_queries(queries, layer0_only(model))  # the queries are layer 0's keys
     engine.cache.compress()
     picked = engine.cache.exact_tokens[0]
-    # A pick brings its span along: the picks are the target's neighbourhood.
-    assert ((picked - target >= -SPAN_LEFT) & (picked - target <= SPAN_RIGHT)).all(), picked
+    # A pick brings its span along: the picks are the target's neighbourhood (the span starts
+    # SPAN_LEFT before the token whose DENSITY-token neighbourhood matches best).
+    assert ((picked - target >= 1 - DENSITY) & (picked - target <= SPAN_LEFT + SPAN_RIGHT)).all(), picked
     knorm = StreamingEngine(model, POLICY.with_(selector="keynorm"))
     knorm.feed(ids)
     knorm.cache.set_queries(queries)
     knorm.cache.compress()  # query-agnostic: the question is ignored, low key norms chosen
     assert not torch.equal(knorm.cache.exact_tokens[0], picked)
+
+
+def test_a_passage_matching_several_question_tokens_beats_one_matching_one() -> None:
+    """Question tokens 1 and 2 point at candidates 40 and 42, token 0 at candidate 70 a little more
+    sharply: the span holding two matches is kept, not the lone best token (match density)."""
+    model = tiny_model("llama")
+    policy = POLICY.with_(window=128, exact=0.5)  # a round selects 16 tokens: one whole span
+    ids = torch.randint(0, 211, (policy.window,), generator=torch.Generator().manual_seed(5)).tolist()
+    with torch.no_grad():
+        keys, _ = layer0_keys_values(model, ids)
+    engine = StreamingEngine(model, policy)
+    engine.feed(ids)
+    heads = model.config.num_attention_heads
+    group = heads // model.config.num_key_value_heads
+    rotation = engine.cache.rotation
+    pointing = []
+    for target, sharpness in ((70, 48.0), (40, 40.0), (42, 40.0)):
+        stored = rotation.rotate(keys[None, :, target : target + 1].float(), torch.tensor([target]))
+        query = rotation.unrotate(stored, torch.tensor([policy.window - 1]))[0, :, 0]
+        query = query / query.norm(dim=-1, keepdim=True) / stored[0, :, 0].norm(dim=-1, keepdim=True)
+        pointing.append(query.repeat_interleave(group, dim=0) * sharpness)  # logit sharpness / sqrt(D)
+    queries = torch.stack(pointing, dim=1)[None]  # (1, Hq, 3, D)
+    engine.cache.set_queries([queries for _ in model.model.layers], layer0_only(model))
+    engine.cache.compress()
+    picked = engine.cache.exact_tokens[0].tolist()
+    assert {40, 41, 42} <= set(picked) and 70 not in picked, picked
 
 
 def test_hybrid_memory_is_bounded_and_the_stream_goes_on(family: str) -> None:

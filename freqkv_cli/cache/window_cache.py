@@ -152,6 +152,7 @@ class WindowedCache(Cache):
         self.queries: list[torch.Tensor] | None = None  # per layer (B, Hq, Tq, D), pre-RoPE
         self.head_weights: torch.Tensor | None = None  # (layers, Hq): which query heads score
         self.surprise: torch.Tensor | None = None  # (B, window): NLL of the token in each slot
+        self.match_stats = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares
 
     def record_surprise(self, start: int, nll: torch.Tensor) -> None:
         """``nll`` ``(B, n)`` of the tokens just written to slots ``start .. start + n - 1``."""
@@ -168,6 +169,7 @@ class WindowedCache(Cache):
         retrieval-head profile, see :mod:`.head_profile`); None counts every head the same.
         """
         self.queries = queries
+        self.match_stats = torch.zeros(3, dtype=torch.float64)  # a new question: new statistics
         self.head_weights = None if head_weights is None else head_weights.float().cpu()
 
     @property
@@ -341,11 +343,11 @@ class WindowedCache(Cache):
     def _combined_scores(self, tail: int, candidates: int) -> torch.Tensor:
         """``(B, n)``: one score per candidate slot, for every layer and head to share.
 
-        Each scoring head's scores are standardized (so layers and heads are comparable),
-        then averaged with the head weights. With a question, most heads of a small model
-        attend everywhere; a few retrieval heads find the answer (measured: the pass-key
-        sentence ranked 10th-75th of 900 tokens by the mean of all heads, 0th-3rd by the
-        8 heads a calibration on other facts picked; docs/BENCHMARKS.md section 6).
+        Without a question: low key norm, standardized per layer and head. With one: how well
+        the candidate matches the question (:meth:`question_match`), averaged over the
+        retrieval heads of the profile (most heads of a small model attend everywhere; measured
+        in docs/BENCHMARKS.md section 6), then summed over a short neighbourhood
+        (:meth:`_match_density`).
         """
         asked = self.queries is not None and self.policy.selector == "attention"
         if not asked:  # key norm: every layer and KV head counts the same; one stacked step
@@ -361,32 +363,64 @@ class WindowedCache(Cache):
                 weights = self.head_weights[index]
                 if not bool((weights > 0).any()):
                     continue  # no scoring head in this layer: skip its attention entirely
-            scores = _standardize(self.question_scores(index, layer.keys[:, :, tail : tail + candidates]))
+            match = self.question_match(index, layer.keys[:, :, tail : tail + candidates])
             if weights is None:
-                part, weight = scores.sum(dim=1), float(scores.shape[1])
+                part, weight = match.sum(dim=1), float(match.shape[1])
             else:
-                part = torch.einsum("bhn,h->bn", scores, weights.to(scores.device))
+                part = torch.einsum("bhn,h->bn", match, weights.to(match.device))
                 weight = float(weights.sum())
             total = part if total is None else total + part
             weight_sum += weight
         assert total is not None, "a head profile must weight at least one head"
-        return total / weight_sum
+        return self._match_density(total / weight_sum)
 
-    def question_scores(self, index: int, cand_k: torch.Tensor) -> torch.Tensor:
-        """Attention ``(B, Hq, n)`` per query head from the question (:meth:`set_queries` first)
-        to the candidate keys ``cand_k`` ``(B, Hkv, n, D)`` of layer ``index``.
+    def _match_density(self, match: torch.Tensor) -> torch.Tensor:
+        """``(B, n)`` match -> how much above-average match a span starting ``SPAN_LEFT`` before
+        each token holds in its first ``DENSITY`` tokens.
 
-        The question's queries are rotated to the last slot, so they look back at the candidates
-        as a question asked after the text would; averaged over the question's tokens.
+        Matches are standardized by the running mean and spread of every candidate scored since
+        the question was asked, so scores from different rounds compete fairly for the exact
+        slots (a per-round standardization gave each round's best span a top score whatever it
+        held). Summing the excess over a neighbourhood favours the passage that matches several
+        of the question's words ("dinner party ... held at ... restaurant") over the many that
+        repeat one phrase ("farewell dinner"): measured on five questions about a novel
+        (benchmarks/trace_selection.py), the answer's span rank fell from 148-400 to 1-125.
         """
-        assert self.queries is not None, "question_scores needs the question's queries"
+        values = match.double()
+        self.match_stats += torch.stack(
+            [values.new_tensor(values.numel()), values.sum(), values.square().sum()]
+        ).cpu()
+        count, total, squares = self.match_stats.tolist()
+        mean = total / count
+        spread = math.sqrt(max(squares / count - mean * mean, 1e-12))
+        excess = ((match - mean) / spread - 1).clamp(min=0)
+        padded = torch.nn.functional.pad(excess, (SPAN_LEFT, DENSITY - 1 - SPAN_LEFT))
+        return padded.unfold(-1, DENSITY, 1).sum(dim=-1)
+
+    def _question_logits(self, index: int, cand_k: torch.Tensor) -> torch.Tensor:
+        """``(B, Hq, Tq, n)`` attention logits from each question token to the candidate keys
+        ``cand_k`` ``(B, Hkv, n, D)`` of layer ``index`` (:meth:`set_queries` first). The queries
+        are rotated to the last slot: they look back at the candidates as a question asked
+        after the text would."""
+        assert self.queries is not None, "scoring needs the question's queries"
         q = self.queries[index].to(cand_k.device).float()  # (B, Hq, Tq, D)
         batch, heads, tq, dim = q.shape
         kv_heads = cand_k.shape[1]
         q = self.rotation.rotate(q, torch.full((tq,), self.policy.window - 1, device=q.device))
         q = q.view(batch, kv_heads, heads // kv_heads, tq, dim)
         logits = torch.einsum("bhgtd,bhnd->bhgtn", q, cand_k.float()) / math.sqrt(dim)
-        return torch.softmax(logits, dim=-1).mean(dim=3).flatten(1, 2)
+        return logits.flatten(1, 2)
+
+    def question_scores(self, index: int, cand_k: torch.Tensor) -> torch.Tensor:
+        """Attention ``(B, Hq, n)`` per query head from the question to the candidate keys of layer
+        ``index``, averaged over the question's tokens (what head calibration ranks)."""
+        return torch.softmax(self._question_logits(index, cand_k), dim=-1).mean(dim=2)
+
+    def question_match(self, index: int, cand_k: torch.Tensor) -> torch.Tensor:
+        """``(B, Hq, n)``: each candidate's best attention logit from any question token. A logit,
+        not a softmax share: it does not depend on what else this round holds, so a round full
+        of near-matches cannot crowd out the passage that answers."""
+        return self._question_logits(index, cand_k).amax(dim=2)
 
     # -- readouts -----------------------------------------------------------------------
     def stats(self) -> CacheStats:
@@ -409,6 +443,9 @@ class WindowedCache(Cache):
 # "was called") come before the answer. Measured on the pass-key needle: a centred span of
 # 15 cut "The pass key is 35209|80" after the digits, and the model then invented the rest.
 SPAN_LEFT, SPAN_RIGHT = 3, 11
+# Tokens from the span's start whose question match adds up to its score (with a question).
+# 8 ranked the answers of five novel questions best among 1, 4, 8, 12 and 16.
+DENSITY = 8
 
 
 def select_spans(score: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Tensor]:

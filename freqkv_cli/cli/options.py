@@ -82,6 +82,16 @@ ExactOpt = Annotated[
         help="hybrid cache: share of the window kept for exact, selected tokens, 0<e<1 [0.25].",
     ),
 ]
+RereadOpt = Annotated[
+    int,
+    typer.Option(
+        "--reread",
+        min=0,
+        rich_help_panel=MODEL_PANEL,
+        help="hybrid cache: quote this many of the passages the question kept exact again just "
+        "before the question (0: off).",
+    ),
+]
 SelectOpt = Annotated[
     str | None,
     typer.Option(

@@ -153,5 +153,7 @@ def result_json(
         "seconds": round(seconds, 3),
         "pages": pages,
     }
+    if session.quoted:
+        data["quoted_passages"] = session.quoted
     data.update(extra or {})
     return data

@@ -80,12 +80,19 @@ def read_into(
     task: str,
     question: str | None = None,
     reserve: int = 0,
+    reread: int = 0,
 ) -> ReadReport:
     """Stream a document with live progress; warn (never silently) about anything lost."""
     total_chars = len(document.text()) if document.kind == "text" else None
     with readout.reading(document, session, total_chars) as on_progress:
         report = session.read_document(
-            document, task=task, question=question, reserve=reserve, on_progress=on_progress, should_stop=stop
+            document,
+            task=task,
+            question=question,
+            reserve=reserve,
+            reread=reread,
+            on_progress=on_progress,
+            should_stop=stop,
         )
     for warning in report.warnings:
         readout.warn(f"{document.name}: {warning}")
@@ -136,6 +143,7 @@ def run_document_task(
     pages: str | None,
     readout: Readout,
     as_json: bool,
+    reread: int = 0,
 ) -> None:
     """summarize / qa: check input, load, stream the document, answer, report."""
     cache.check()
@@ -146,7 +154,14 @@ def run_document_task(
     stop = StopFlag()
     with stop.armed():
         report = read_into(
-            session, document, readout, stop, task=task, question=question, reserve=max_new_tokens
+            session,
+            document,
+            readout,
+            stop,
+            task=task,
+            question=question,
+            reserve=max_new_tokens,
+            reread=reread,
         )
         tokens_in = session.tokens_held
         if stop():

@@ -8,6 +8,7 @@ forward call where no compression happens in between, so it changes memory, not 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ class StreamingEngine:
     _last_hidden: torch.Tensor | None = field(init=False, default=None)
     _pending: list[int] = field(init=False, default_factory=list)
     _should_stop: Callable[[], bool] | None = field(init=False, default=None)
+    # Hybrid only: ids of the last `window` tokens (where new exact picks come from) and of the
+    # tokens in the exact slots, by stream index: bounded by N, whatever the document's length.
+    _recent_ids: deque[int] = field(init=False, default_factory=deque)
+    _exact_ids: dict[int, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_chunk < 1:
@@ -69,6 +74,8 @@ class StreamingEngine:
         )
         self._last_hidden = None
         self._pending = []
+        self._recent_ids = deque(maxlen=self.policy.window if self.policy.kind == "hybrid" else 0)
+        self._exact_ids = {}
 
     def stats(self) -> CacheStats:
         return self.cache.stats()
@@ -84,7 +91,35 @@ class StreamingEngine:
             out = self.model.model(
                 input_ids=input_ids, position_ids=positions, past_key_values=self.cache, use_cache=True
             )
+        self._recent_ids.extend(ids)
         return out.last_hidden_state
+
+    def _compress(self) -> None:
+        self.cache.compress()
+        if self.policy.kind != "hybrid":
+            return
+        # New picks come from the last window of tokens; the others were already held.
+        first = self.cache.tokens_seen - len(self._recent_ids)
+        held = self._exact_ids
+        tokens = self.cache.exact_tokens
+        picked = tokens[0].tolist() if tokens is not None else []
+        self._exact_ids = {t: held[t] if t in held else self._recent_ids[t - first] for t in picked}
+
+    def exact_passages(self, limit: int) -> list[list[int]]:
+        """Token ids of the ``limit`` best runs of consecutive exact entries (hybrid with a
+        question), in stream order: the passages the question's attention kept."""
+        tokens, scores = self.cache.exact_tokens, self.cache.hybrid.scores
+        if tokens is None or scores is None or limit <= 0 or self.cache.queries is None:
+            return []
+        runs: list[tuple[float, list[int]]] = []
+        for token, score in zip(tokens[0].tolist(), scores[0].tolist(), strict=True):
+            if runs and token == runs[-1][1][-1] + 1:
+                runs[-1][1].append(token)
+                runs[-1] = (max(runs[-1][0], score), runs[-1][1])
+            else:
+                runs.append((score, [token]))
+        best = sorted(sorted(runs, key=lambda run: -run[0])[:limit], key=lambda run: run[1][0])
+        return [[self._exact_ids[token] for token in run] for _, run in best]
 
     def _feed_hidden(self, ids: Sequence[int]) -> Iterable[tuple[Sequence[int], torch.Tensor]]:
         """Append ``ids`` with compression as the window fills; yields (chunk, hidden) per forward."""
@@ -94,7 +129,7 @@ class StreamingEngine:
         while pos < len(ids):
             room = self.cache.room()
             if room == 0:
-                self.cache.compress()
+                self._compress()
                 room = self.cache.room()
             size = min(len(ids) - pos, self.max_chunk, room if room is not None else len(ids))
             chunk = ids[pos : pos + size]
@@ -184,7 +219,7 @@ class StreamingEngine:
     def _next_chunk_size(self) -> int:
         room = self.cache.room()
         if room == 0:  # full: compress now (what the next forward would do first anyway)
-            self.cache.compress()
+            self._compress()
             room = self.cache.room()
         return min(self.max_chunk, room) if room is not None else self.max_chunk
 

@@ -13,6 +13,7 @@ _MARKER = "\u0000FREQKV-SPLIT\u0000"
 SUMMARIZE_INSTRUCTION = "Summarize the following document. Cover its main points in a few paragraphs."
 SUMMARIZE_REMINDER = "Write the summary of the document above now."
 QA_INSTRUCTION = "Answer the question about the document below, using only the document."
+PASSAGES_HEADING = "Passages of the document that match the question:"
 
 
 @dataclass
@@ -48,13 +49,20 @@ def turn_template(tokenizer: object, system: str | None = None) -> TurnTemplate:
     return TurnTemplate(first_before=first_before, before=before, after=after)
 
 
-def document_prompt(task: str, question: str | None = None) -> tuple[str, str]:
-    """(text before the document, text after it) inside one user message."""
+def document_prompt(
+    task: str, question: str | None = None, passages: list[str] | None = None
+) -> tuple[str, str]:
+    """(text before the document, text after it) inside one user message. ``passages``
+    (qa only): parts of the document quoted again just before the question."""
     if task == "qa":
         assert question is not None
+        quoted = ""
+        if passages:
+            lines = "\n".join(f"- ...{' '.join(p.split())}..." for p in passages)
+            quoted = f"{PASSAGES_HEADING}\n{lines}\n"
         return (
             f"{QA_INSTRUCTION}\nQuestion: {question}\n\nDocument:\n",
-            f"\n\n(End of document.)\nQuestion: {question}\nAnswer briefly.",
+            f"\n\n(End of document.)\n{quoted}Question: {question}\nAnswer briefly.",
         )
     if task == "summarize":
         return f"{SUMMARIZE_INSTRUCTION}\n\nDocument:\n", f"\n\n(End of document.)\n{SUMMARIZE_REMINDER}"

@@ -73,6 +73,7 @@ class Session:
         self.system = system
         self.turns = 0  # user turns begun
         self.stop_token_ids = _stop_ids(loaded)
+        self.quoted: list[str] = []  # passages the last qa read quoted before its question
 
     # -- bookkeeping ---------------------------------------------------------------------
     @property
@@ -114,6 +115,7 @@ class Session:
         task: str = "read",
         question: str | None = None,
         reserve: int = 0,
+        reread: int = 0,
         on_progress: Callable[[ReadProgress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> ReadReport:
@@ -123,12 +125,19 @@ class Session:
         starts with it, so compression never blurs it. ``reserve`` tokens are kept free
         under --ctx for the answer. A document longer than the budget is cut, and the
         report says by how much (the caller must tell the user).
+
+        ``reread`` (qa under the hybrid cache): quote up to this many of the passages the
+        question's attention kept in the exact slots again, as text just before the question
+        at the end. The exact entries sit far from the question among blurred ones; a small
+        model answers from a quoted passage much more often (docs/BENCHMARKS.md section 6).
         """
         started = time.perf_counter()
         before, after = document_prompt(task, question)
         parts = [self.encode(text) for text in _around(self._turn_opening() + before, question)]
         prefix = [token for part in parts for token in part]
         suffix = self.encode(after + self.template.after)
+        if question is not None and reread > 0:  # room for the quoted passages (at most E tokens)
+            reserve += self.engine.policy.exact_slots() + 8 * reread
         self._check_room(len(prefix) + len(suffix) + reserve)
         budget = None
         if self.ctx is not None:
@@ -175,6 +184,11 @@ class Session:
                 on_progress(state)
 
         self.engine.feed(pieces(), on_progress=progress, should_stop=should_stop)
+        if question is not None and reread > 0:
+            passages = self.engine.exact_passages(reread)
+            self.quoted = [self.tokenizer.decode(ids) for ids in passages]  # type: ignore[attr-defined]
+            _, after = document_prompt(task, question, self.quoted)
+            suffix = self.encode(after + self.template.after)
         self.engine.feed(suffix, should_stop=should_stop)
         return ReadReport(
             name=document.name,

@@ -27,6 +27,7 @@ def qa(
     ratio: o.RatioOpt = None,
     exact: o.ExactOpt = None,
     cache: o.CacheOpt = "hybrid",
+    reread: o.RereadOpt = 8,
     device: o.DeviceOpt = "auto",
     dtype: o.DtypeOpt = "auto",
     trust_remote_code: o.TrustOpt = False,
@@ -46,7 +47,8 @@ def qa(
     """Answer a question about a document.
 
     The question goes before the document (kept exact through every compression) and
-    again after it.
+    again after it. With the hybrid cache, the question chooses which passages stay exact,
+    and the best of them (--reread) are quoted again just before the question.
 
     Examples:
 
@@ -71,4 +73,5 @@ def qa(
         pages=pages,
         readout=Readout(quiet=quiet, force_progress=progress, no_color=o.color_disabled(no_color)),
         as_json=as_json,
+        reread=reread,
     )
