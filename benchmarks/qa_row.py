@@ -16,4 +16,6 @@ right = expected.lower() in answer.lower()
 quoted = data.get("quoted_passages") or []
 held = any(expected.lower() in " ".join(p.split()).lower() for p in quoted)
 in_quotes = "yes" if held else "no" if quoted else "-"
-print(f"| {depth} | {question} | {expected} | {config} | {answer} | {'yes' if right else 'no'} | {in_quotes} |")
+print(
+    f"| {depth} | {question} | {expected} | {config} | {answer} | {'yes' if right else 'no'} | {in_quotes} |"
+)

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -53,9 +54,7 @@ def question_queries(loaded, policy, question: str) -> list[torch.Tensor]:
 RUNNING: dict = {}  # (question, layer) -> [count, sum, sum of squares] per (q head, q token)
 
 
-def variants(
-    cache: wc.WindowedCache, queries: list[torch.Tensor], tail: int, n: int, qi: int = 0
-) -> dict:
+def variants(cache: wc.WindowedCache, queries: list[torch.Tensor], tail: int, n: int, qi: int = 0) -> dict:
     """Per-token scores (n,) of the candidates for one question, under each variant."""
     weights = cache.head_weights
     out: dict[str, torch.Tensor] = {}
@@ -71,11 +70,15 @@ def variants(
     heads_all = 0
     for index, layer in enumerate(cache.layers):
         w = weights[index]
-        q = cache.rotation.rotate(queries[index].float(), torch.full((queries[index].shape[2],), cache.policy.window - 1))
+        q = cache.rotation.rotate(
+            queries[index].float(), torch.full((queries[index].shape[2],), cache.policy.window - 1)
+        )
         cand_k = layer.keys[:, :, tail : tail + n].float()
         b, h, tq, d = q.shape
         kvh = cand_k.shape[1]
-        lg = torch.einsum("bhgtd,bhnd->bhgtn", q.view(b, kvh, h // kvh, tq, d), cand_k).flatten(1, 2)[0] / math.sqrt(d)
+        lg = torch.einsum("bhgtd,bhnd->bhgtn", q.view(b, kvh, h // kvh, tq, d), cand_k).flatten(1, 2)[
+            0
+        ] / math.sqrt(d)
         stats = RUNNING.setdefault((qi, index), [0, torch.zeros(h, tq), torch.zeros(h, tq)])
         stats[0] += n
         stats[1] += lg.sum(-1)
@@ -173,16 +176,20 @@ def main() -> None:
         ]
         at, ids = min(found), session.encode(answer)
         answers.append({"answer": answer, "token": at, "ids": ids})
-    json.dump(
-        {"tokens": len(fed), "seconds": seconds, "policy": vars(policy), "answers": answers, "rounds": rounds},
-        open(args.out, "w"),
-    )
+    summary = {
+        "tokens": len(fed),
+        "seconds": seconds,
+        "policy": vars(policy),
+        "answers": answers,
+        "rounds": rounds,
+    }
+    Path(args.out).write_text(json.dumps(summary))
     print(f"{len(fed)} tokens, {len(rounds)} rounds, {seconds:.0f} s")
     replay(args.out, policy)
 
 
 def replay(path: str, policy=None) -> None:
-    data = json.load(open(path))
+    data = json.loads(Path(path).read_text())
     from freqkv_cli.cache.policy import CachePolicy
 
     policy = policy or CachePolicy(**data["policy"])
@@ -197,8 +204,15 @@ def replay(path: str, policy=None) -> None:
                 head = policy.sink  # the slot layout does not change which stream tokens win
                 window = head + state.e + state.c + rnd["n"] + policy.recent
                 _, state = plan_hybrid_round(
-                    state, sc, wc.select_spans, head=head, recent=policy.recent, window=window,
-                    quota=policy.quota(), exact_slots=policy.exact_slots(), ratio=policy.ratio,
+                    state,
+                    sc,
+                    wc.select_spans,
+                    head=head,
+                    recent=policy.recent,
+                    window=window,
+                    quota=policy.quota(),
+                    exact_slots=policy.exact_slots(),
+                    ratio=policy.ratio,
                     tokens_seen=rnd["first"] + rnd["n"] + policy.recent,
                 )
             kept = set(state.tokens[0].tolist())
