@@ -103,6 +103,17 @@ def test_qa_streams_answer_to_stdout_and_stats_to_stderr(tiny: str, doc: Path) -
     assert b"KV" in result.stderr
 
 
+def test_qa_json_lists_the_quoted_passages(tiny: str, doc: Path, capsys: pytest.CaptureFixture) -> None:
+    book = doc.read_text()
+    quoted = {}
+    for reread in ("4", "0"):
+        args = ["qa", str(doc), "Who is the narrator?", "-m", tiny, "--window", "512", "-n", "2"]
+        assert run([*args, "--reread", reread, "--json"]) == 0
+        quoted[reread] = json.loads(capsys.readouterr().out).get("quoted_passages")
+    assert quoted["0"] is None and 1 <= len(quoted["4"]) <= 4
+    assert all(passage in book for passage in quoted["4"])  # byte tokens: pieces of the book
+
+
 def test_stdin_pipe(tiny: str) -> None:
     result = cli("summarize", "-", "-m", tiny, "--window", "128", "-n", "4", "--json", stdin=TEXT.encode())
     assert result.returncode == 0, result.stderr
@@ -205,6 +216,7 @@ NO_MODEL = "/nonexistent/model"  # if input were checked after loading, the erro
         (["summarize", str(DATA / "not-a-pdf.pdf")], EXIT_INPUT, "not a PDF"),
         (["qa", str(DATA / "utf8-bom.txt"), "q", "--ctx", "32q"], EXIT_USAGE, "32q"),
         (["qa", str(DATA / "utf8-bom.txt"), "q", "--ratio", "2"], EXIT_USAGE, "ratio"),
+        (["qa", str(DATA / "utf8-bom.txt"), "q", "--reread", "-1"], EXIT_USAGE, "reread"),
         (["summarize", str(DATA / "utf8-bom.txt"), "--cache", "lru"], EXIT_USAGE, "lru"),
         (["summarize", str(DATA / "utf8-bom.txt"), "--pages", "1-2"], EXIT_USAGE, "PDF"),
         (["summarize", str(DATA / "utf8-bom.txt"), "--bogus-flag"], EXIT_USAGE, "bogus"),

@@ -116,6 +116,7 @@ class Session:
         question: str | None = None,
         reserve: int = 0,
         reread: int = 0,
+        finish: bool = True,
         on_progress: Callable[[ReadProgress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> ReadReport:
@@ -130,6 +131,7 @@ class Session:
         question's attention kept in the exact slots again, as text just before the question
         at the end. The exact entries sit far from the question among blurred ones; a small
         model answers from a quoted passage much more often (docs/BENCHMARKS.md section 6).
+        ``finish=False`` leaves the turn open after the document: :meth:`finish_document` closes it.
         """
         started = time.perf_counter()
         before, after = document_prompt(task, question)
@@ -184,12 +186,8 @@ class Session:
                 on_progress(state)
 
         self.engine.feed(pieces(), on_progress=progress, should_stop=should_stop)
-        if question is not None and reread > 0:
-            passages = self.engine.exact_passages(reread)
-            self.quoted = [self.tokenizer.decode(ids) for ids in passages]  # type: ignore[attr-defined]
-            _, after = document_prompt(task, question, self.quoted)
-            suffix = self.encode(after + self.template.after)
-        self.engine.feed(suffix, should_stop=should_stop)
+        if finish:
+            self.finish_document(task, question, reread=reread, should_stop=should_stop)
         return ReadReport(
             name=document.name,
             pages=state.pages_done,
@@ -198,6 +196,23 @@ class Session:
             seconds=time.perf_counter() - started,
             warnings=list(document.warnings),
         )
+
+    def finish_document(
+        self,
+        task: str,
+        question: str | None = None,
+        *,
+        reread: int = 0,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Close a document's turn: the text after it (with up to ``reread`` quoted passages,
+        see :meth:`read_document`) and the assistant's cue."""
+        self.quoted = []
+        if question is not None and reread > 0:
+            passages = self.engine.exact_passages(reread)
+            self.quoted = [self.tokenizer.decode(ids) for ids in passages]  # type: ignore[attr-defined]
+        _, after = document_prompt(task, question, self.quoted)
+        self.engine.feed(self.encode(after + self.template.after), should_stop=should_stop)
 
     def add_user_turn(self, text: str, *, should_stop: Callable[[], bool] | None = None) -> int:
         """Append one user message and the assistant's cue; returns the tokens added."""

@@ -1,0 +1,105 @@
+"""`freqkv qa` on a whole novel, on the CPU: one read of the book per question, answered twice.
+
+The book is streamed once per question through the shipped default (hybrid cache, window and
+recent from its freqkv.json) with the question pinned before it, exactly as `freqkv qa` does
+(Session.read_document). The cache after the book does not depend on what follows it, so it
+is copied and the turn is closed twice: with the best `--reread` passages quoted before the
+question, and without (`--reread 0`). Greedy decoding with the qa command's defaults
+(repetition penalty 1.1), 40 new tokens. Prints a markdown table; `--json` writes the details
+(quoted passages, seconds).
+
+    python benchmarks/qa_novel_cpu.py samples/botchan.txt --json benchmarks/results/hybrid/qa_novel_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from freqkv_cli.cache.policy import CachePolicy
+from freqkv_cli.documents import open_document
+from freqkv_cli.engine.sampling import Sampler
+from freqkv_cli.models.loading import load_model
+from freqkv_cli.session.session import Session
+
+QUESTIONS = [  # (depth: share of the book's characters before the answer, expected, question)
+    (0.38, "goruki", "On the fishing trip, what kind of fish does Clown say the narrator's first catch is?"),
+    (0.55, "Hagino", "What was the name of the old couple the narrator went to board with?"),
+    (0.65, "nine yen and fifty sen", "How much was the rent on Red Shirt's house?"),
+    (0.74, "Kashin-tei", "At which restaurant was the farewell dinner party held?"),
+    (
+        0.89,
+        "Shikoku Shimbun",
+        "Which newspaper did the old lady bring the narrator the morning after the fight?",
+    ),
+]
+ENGINE_STATE = ("cache", "_last_hidden", "_pending", "_recent_ids", "_exact_ids")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("book")
+    parser.add_argument("--reread", type=int, default=8)
+    parser.add_argument("--cache", default="hybrid")
+    parser.add_argument("--questions", default="0,1,2,3,4", help="indices into QUESTIONS")
+    parser.add_argument("--json", dest="json_out")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    loaded = load_model("default", device="cpu")
+    tuned = loaded.settings
+    policy = CachePolicy(
+        args.cache, window=tuned.window, sink=tuned.sink, recent=tuned.recent, ratio=tuned.ratio
+    )
+    rows = []
+    print("| depth | question | expected | reread | answer | right | in quoted passages |")
+    print("|---|---|---|---|---|---|---|")
+    for index in (int(i) for i in args.questions.split(",")):
+        depth, expected, question = QUESTIONS[index]
+        session = Session(loaded, policy)
+        started = time.perf_counter()
+        report = session.read_document(open_document(args.book), task="qa", question=question, finish=False)
+        read_seconds = time.perf_counter() - started
+        saved = copy.deepcopy({name: getattr(session.engine, name) for name in ENGINE_STATE})
+        for reread in dict.fromkeys((args.reread, 0)):
+            for name, value in copy.deepcopy(saved).items():
+                setattr(session.engine, name, value)
+            session.finish_document("qa", question, reread=reread)
+            result = session.generate(
+                max_new_tokens=40, sampler=Sampler(temperature=0.0, repetition_penalty=1.1)
+            )
+            answer = " ".join(result.text.split())
+            right = expected.lower() in answer.lower()
+            held = any(expected.lower() in " ".join(p.split()).lower() for p in session.quoted)
+            quoted_mark = ("yes" if held else "no") if session.quoted else "-"
+            print(
+                f"| {depth} | {question} | {expected} | {reread} | {answer} | {'yes' if right else 'no'} "
+                f"| {quoted_mark} |",
+                flush=True,
+            )
+            rows.append(
+                {
+                    "depth": depth,
+                    "question": question,
+                    "expected": expected,
+                    "cache": args.cache,
+                    "window": policy.window,
+                    "reread": reread,
+                    "answer": answer,
+                    "right": right,
+                    "quoted_passages": session.quoted,
+                    "answer_in_quoted": held,
+                    "book_tokens": report.tokens,
+                    "read_seconds": round(read_seconds, 1),
+                }
+            )
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"book": args.book, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
