@@ -8,7 +8,8 @@ hybrid's selection (select_spans + the pool of held spans) is replayed on those 
 the script prints whether the answer's first token ends in the exact slots, and the rank of the
 answer among all spans of the book.
 
-    python benchmarks/trace_selection.py samples/botchan.txt --out benchmarks/results/hybrid/trace.json
+    python benchmarks/trace_selection.py samples/botchan.txt --out trace.json
+    python benchmarks/trace_selection.py --ranks trace.json   # span ranks per variant
 
 The cache contents (and so keys) follow the first question's selection; the other questions are
 scored on the same keys, which is what lets one pass serve five questions.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -227,5 +229,42 @@ def replay(path: str, policy=None) -> None:
             print(f"{answer['answer']:>24} {variant:>10}: kept={hit!s:5} token rank {rank:6d} of {len(sco)}")
 
 
+def span_ranks(path: str) -> None:
+    """For each variant and neighbourhood width, the rank of the answer's span among all spans of
+    the book when spans are taken greedily by score (each token's score standardized over the
+    whole book; a width w sums the excess over ``threshold`` standard deviations of the w tokens
+    from SPAN_LEFT before it, as the cache's match density does with w = 8, threshold 1)."""
+    data = json.loads(Path(path).read_text())
+    rounds = data["rounds"]
+    tokens = torch.cat([torch.arange(r["first"], r["first"] + r["n"]) for r in rounds])
+    where = {int(t): i for i, t in enumerate(tokens)}
+
+    def rank(score: torch.Tensor, at: int, limit: int = 400) -> int:
+        score, index = score.clone(), where[at]
+        for picks in range(limit):
+            centre = int(score.argmax())
+            low, high = max(0, centre - wc.SPAN_LEFT), centre + wc.SPAN_RIGHT + 1
+            if low <= index < high:
+                return picks
+            score[low:high] = float("-inf")
+        return limit
+
+    for variant in rounds[0]["scores"][0]:
+        for width, threshold in ((1, 0.0), (4, 0.0), (8, 0.0), (8, 1.0), (12, 0.0), (16, 0.0)):
+            ranks = []
+            for qi, answer in enumerate(data["answers"]):
+                raw = torch.cat([torch.tensor(r["scores"][qi][variant]) for r in rounds])
+                z = (raw - raw.mean()) / raw.std()
+                if width > 1:
+                    left = min(wc.SPAN_LEFT, width // 4)
+                    excess = torch.nn.functional.pad((z - threshold).clamp(min=0), (left, width - 1 - left))
+                    z = excess.unfold(-1, width, 1).sum(-1)
+                ranks.append(rank(z, answer["token"]))
+            print(f"{variant:>13} width {width:2d} over {threshold:.0f} sd: span ranks {ranks}")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--ranks":
+        span_ranks(sys.argv[2])
+    else:
+        main()
