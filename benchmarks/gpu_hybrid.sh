@@ -48,6 +48,13 @@ case "${1:-}" in
       --cache hybrid $SHAPE --json > $WORK/needle_hybrid.json"
     bg qa "bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
     sleep 20; tail -n 2 $WORK/*.log ;;
+  launch4)  # after the hybrid took FreqKV's schedule (exact entries among L): what it changes
+    bg needle_hybrid "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \
+      --cache hybrid $SHAPE --json > $WORK/needle_hybrid.json"
+    bg ppl "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache freqkv,hybrid $SHAPE --json > $WORK/ppl.json"
+    bg qa "CONFIGS='hybrid:1024:8 hybrid:1024:0 hybrid:4096:8 hybrid:4096:0 freqkv:1024:0 freqkv:4096:0' \
+      bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
+    sleep 20; tail -n 2 $WORK/*.log ;;
   launch)
     for cache in full sink freqkv hybrid; do
       bg needle_$cache "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \

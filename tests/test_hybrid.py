@@ -108,7 +108,7 @@ def test_a_passage_matching_several_question_tokens_beats_one_matching_one() -> 
     """Question tokens 1 and 2 point at candidates 40 and 42, token 0 at candidate 70 a little more
     sharply: the span holding two matches is kept, not the lone best token (match density)."""
     model = tiny_model("llama")
-    policy = POLICY.with_(window=128, exact=0.5)  # a round selects 16 tokens: one whole span
+    policy = POLICY.with_(window=144, recent=0, exact=0.45)  # E = 64: a round selects 16, one span
     ids = torch.randint(0, 211, (policy.window,), generator=torch.Generator().manual_seed(5)).tolist()
     with torch.no_grad():
         keys, _ = layer0_keys_values(model, ids)
@@ -242,3 +242,60 @@ def test_hybrid_round_against_scipy(family: str) -> None:
         layer.values[0, :, start : start + kept], low(values[:, rest]), atol=1e-4, rtol=1e-4
     )
     assert cache.length == start + kept + POLICY.recent
+
+
+@pytest.mark.parametrize("selector", ["attention", "keynorm", "random"])
+def test_hybrid_runs_the_freqkv_schedule(selector: str) -> None:
+    """Exact entries are part of FreqKV's L: every round leaves head + L + R entries, so both
+    policies read the same chunks, compress as often, and end holding as many entries."""
+    model = tiny_model("llama")
+    ids = torch.randint(0, 211, (700,), generator=torch.Generator().manual_seed(11)).tolist()
+    kinds = ("freqkv", "hybrid")
+    engines = {kind: StreamingEngine(model, POLICY.with_(kind=kind, selector=selector)) for kind in kinds}
+    for engine in engines.values():
+        engine.feed(ids)
+    plain, hybrid = engines["freqkv"].cache, engines["hybrid"].cache
+    assert hybrid.compressions == plain.compressions > 10
+    assert hybrid.length == plain.length and hybrid.exact_count == POLICY.exact_slots()
+    after = POLICY.sink + POLICY.kept() + POLICY.recent
+    hybrid_after = StreamingEngine(model, POLICY.with_(selector=selector))
+    hybrid_after.feed(ids[: POLICY.window])
+    for _ in range(3):
+        hybrid_after.cache.compress()
+        assert hybrid_after.cache.length == after
+        hybrid_after.feed(ids[: POLICY.window - after])
+
+
+def _greedy_spans_reference(score: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The span walk as masked tensor operations: argmax, mark the span, repeat."""
+    batch, n = score.shape
+    chosen = torch.zeros(batch, n, dtype=torch.bool)
+    value = torch.zeros(batch, n)
+    for row in range(batch):
+        left = score[row].clone()
+        while int(chosen[row].sum()) < take:
+            centre = int(left.argmax())
+            span = torch.arange(max(0, centre - SPAN_LEFT), min(n, centre + SPAN_RIGHT + 1))
+            span = span[~chosen[row, span]][: take - int(chosen[row].sum())]
+            chosen[row, span] = True
+            value[row, span] = score[row, centre]
+            left[span] = float("-inf")
+            left[centre] = float("-inf")
+    index = chosen.nonzero()[:, 1].reshape(batch, take)
+    return index, value.gather(-1, index)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_span_selection_matches_a_masked_tensor_walk(seed: int) -> None:
+    from freqkv_cli.cache.window_cache import select_spans
+
+    generator = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(20, 300, (1,), generator=generator))
+    score = torch.randn(2, n, generator=generator)
+    score[:, ::7] = score[:, ::7].round()  # ties: the first index wins in both walks
+    score[:, 3::7] = score[:, 3::7].round()
+    take = int(torch.randint(1, n, (1,), generator=generator))
+    index, value = select_spans(score, take)
+    want_index, want_value = _greedy_spans_reference(score, take)
+    assert torch.equal(index, want_index)
+    torch.testing.assert_close(value, want_value)

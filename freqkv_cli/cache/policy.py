@@ -27,7 +27,9 @@ class CachePolicy:
             L = floor(F * r). ``sink`` frees the same F - L slots per round, so the
             two policies run the same chunk schedule and hold the same memory.
     exact:  hybrid only: share of N reserved for exact (selected) tokens, E = floor(N * exact);
-            each round selects up to max(1, E // 4) new ones, the best E are kept.
+            each round selects up to max(1, E // 4) new ones, the best E are kept. They are
+            among FreqKV's L: a round leaves E exact and L - E low-passed entries, so the hybrid
+            frees F - L slots a round, as FreqKV does (same chunks, same memory).
     selector: hybrid only: ``attention``: attention from the question's tokens (through the
             model's retrieval heads when a profile is known), and low key norm while no question
             has been asked. ``keynorm``: low key norm, with or without a question
@@ -63,18 +65,6 @@ class CachePolicy:
             raise UsageError("sink and recent must be zero or more")
         if not (0.0 < self.ratio < 1.0) or math.isnan(self.ratio):
             raise UsageError(f"ratio {self.ratio} must be strictly between 0 and 1")
-        if self.kind == "hybrid":
-            if self.selector not in SELECTORS:
-                raise UsageError(f"unknown selector {self.selector!r}: use one of {', '.join(SELECTORS)}")
-            if not (0.0 < self.exact < 1.0) or math.isnan(self.exact):
-                raise UsageError(f"exact share {self.exact} must be strictly between 0 and 1")
-            free = self.window - head - self.exact_slots() - self.recent - self.quota()
-            if free < 4:
-                raise UsageError(
-                    f"sink/pinned ({head}) + exact slots ({self.exact_slots()}) + recent ({self.recent}) "
-                    f"leave no room to compress in a window of {self.window}"
-                )
-            return
         span = self.window - head - self.recent
         if span < 2:
             raise UsageError(
@@ -85,6 +75,16 @@ class CachePolicy:
             raise UsageError(
                 f"ratio {self.ratio} keeps {self.kept(head)} of {span} entries: nothing would be freed"
             )
+        if self.kind == "hybrid":
+            if self.selector not in SELECTORS:
+                raise UsageError(f"unknown selector {self.selector!r}: use one of {', '.join(SELECTORS)}")
+            if not (0.0 < self.exact < 1.0) or math.isnan(self.exact):
+                raise UsageError(f"exact share {self.exact} must be strictly between 0 and 1")
+            if self.kept(head) - self.exact_slots() < 4:
+                raise UsageError(
+                    f"exact slots ({self.exact_slots()}) leave no room to compress: a round keeps "
+                    f"{self.kept(head)} entries after sink/pinned ({head}), exact ones included"
+                )
 
     def span(self, head: int | None = None) -> int:
         """F: how many entries one round compresses."""
@@ -113,15 +113,12 @@ class CachePolicy:
         fit, rather than an error; every other policy is returned as it is."""
         if self.kind != "hybrid":
             return self
-        room = self.window - head - self.recent - 4  # what E + quota may take
-        if self.exact_slots() + self.quota() <= room:
+        room = self.kept(head) - 4  # a round keeps L entries: the exact ones and at least 4 low-passed
+        if self.exact_slots() <= room:
             return self
-        slots = math.floor(room / 1.25)  # E + E // 4 <= room
-        while slots > 0 and slots + max(1, slots // 4) > room:
-            slots -= 1
-        if slots < 1:
+        if room < 1:
             return self  # nothing fits: validate() says why
-        return self.with_(exact=slots / self.window)
+        return self.with_(exact=room / self.window)
 
     def with_(self, **changes: object) -> CachePolicy:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -153,6 +153,7 @@ class WindowedCache(Cache):
         self.head_weights: torch.Tensor | None = None  # (layers, Hq): which query heads score
         self.surprise: torch.Tensor | None = None  # (B, window): NLL of the token in each slot
         self.match_stats = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares
+        self._asked: dict[int, torch.Tensor] = {}  # layer -> queries rotated to the last slot
 
     def record_surprise(self, start: int, nll: torch.Tensor) -> None:
         """``nll`` ``(B, n)`` of the tokens just written to slots ``start .. start + n - 1``."""
@@ -170,6 +171,7 @@ class WindowedCache(Cache):
         """
         self.queries = queries
         self.match_stats = torch.zeros(3, dtype=torch.float64)  # a new question: new statistics
+        self._asked = {}
         self.head_weights = None if head_weights is None else head_weights.float().cpu()
 
     @property
@@ -303,16 +305,18 @@ class WindowedCache(Cache):
         tf32 = self.layers[0].keys.dtype in (torch.bfloat16, torch.float16)
         for first in range(0, len(self.layers), group := self._hybrid_group(device)):
             layers = self.layers[first : first + group]
+            # One stacked copy per group, gathered from: two gathers a round, not two per layer.
+            keys, values = _read_stacked(layers, 0, window)  # (layers, B, H, N, D)
 
-            def gather(
-                slots: torch.Tensor, layers: list[WindowLayer] = layers
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-                keys = torch.stack([gather_slots(layer.keys, slots) for layer in layers])
-                return keys, torch.stack([gather_slots(layer.values, slots) for layer in layers])
+            def gather(slots: torch.Tensor, k: torch.Tensor = keys, v: torch.Tensor = values) -> tuple:
+                return gather_slots(k, slots), gather_slots(v, slots)
+
+            def read(begin: int, end: int, k: torch.Tensor = keys, v: torch.Tensor = values) -> tuple:
+                return k[..., begin:end, :], v[..., begin:end, :]
 
             pieces = hybrid_round(
                 gather,
-                lambda begin, end, layers=layers: _read_stacked(layers, begin, end),
+                read,
                 plan,
                 self.rotation,
                 method=self.lowpass_method,
@@ -405,10 +409,13 @@ class WindowedCache(Cache):
         are rotated to the last slot: they look back at the candidates as a question asked
         after the text would."""
         assert self.queries is not None, "scoring needs the question's queries"
-        q = self.queries[index].to(cand_k.device).float()  # (B, Hq, Tq, D)
+        q = self._asked.get(index)
+        if q is None or q.device != cand_k.device:  # rotated once per question, not every round
+            q = self.queries[index].to(cand_k.device).float()  # (B, Hq, Tq, D)
+            q = self.rotation.rotate(q, torch.full((q.shape[2],), self.policy.window - 1, device=q.device))
+            self._asked[index] = q
         batch, heads, tq, dim = q.shape
         kv_heads = cand_k.shape[1]
-        q = self.rotation.rotate(q, torch.full((tq,), self.policy.window - 1, device=q.device))
         q = q.view(batch, kv_heads, heads // kv_heads, tq, dim)
         logits = torch.einsum("bhgtd,bhnd->bhgtn", q, cand_k.float()) / math.sqrt(dim)
         return logits.flatten(1, 2)
@@ -453,26 +460,36 @@ DENSITY = 8
 def select_spans(score: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, n)`` scores -> ``(B, take)`` sorted indices and the score of each one's span: the
     best token with ``SPAN_LEFT`` neighbours before it and ``SPAN_RIGHT`` after, then the next
-    best outside the spans taken, until ``take`` are chosen."""
+    best outside the spans taken, until ``take`` are chosen.
+
+    The greedy walk runs on the host over one copy of the scores: on a GPU each step would wait
+    for the device (a few dozen waits a round, which a small model's round is made of)."""
     batch, n = score.shape
-    chosen = torch.zeros(batch, n, dtype=torch.bool, device=score.device)
-    value = torch.full((batch, n), float("-inf"), device=score.device)
+    host = score.detach().float().cpu()
+    order = torch.sort(host, dim=-1, descending=True, stable=True).indices.tolist()  # ties: first index
+    rows: list[list[int]] = []
+    values: list[list[float]] = []
     for row in range(batch):
-        left = score[row].clone()
-        while int(chosen[row].sum()) < take:
-            centre = int(left.argmax())
-            if left[centre] == float("-inf"):
+        scores = host[row].tolist()
+        chosen = [False] * n
+        span_score = [0.0] * n
+        count = 0
+        for centre in order[row]:
+            if count == take or scores[centre] == float("-inf"):
                 break
-            span = torch.arange(
-                max(0, centre - SPAN_LEFT), min(n, centre + SPAN_RIGHT + 1), device=score.device
-            )
-            span = span[~chosen[row, span]][: take - int(chosen[row].sum())]
-            chosen[row, span] = True
-            value[row, span] = score[row, centre]
-            left[span] = float("-inf")
-            left[centre] = float("-inf")
-    index = chosen.nonzero()[:, 1].reshape(batch, take)
-    return index, value.gather(-1, index)
+            if chosen[centre]:
+                continue
+            span = range(max(0, centre - SPAN_LEFT), min(n, centre + SPAN_RIGHT + 1))
+            for slot in [i for i in span if not chosen[i]][: take - count]:
+                chosen[slot], span_score[slot] = True, scores[centre]
+                count += 1
+        picked = [i for i in range(n) if chosen[i]]
+        rows.append(picked)
+        values.append([span_score[i] for i in picked])
+    if any(len(picked) != take for picked in rows):
+        raise ValueError(f"only {min(map(len, rows))} of {take} candidates have a finite score")
+    index = torch.tensor(rows, dtype=torch.long).reshape(batch, take).to(score.device)
+    return index, torch.tensor(values, dtype=score.dtype).reshape(batch, take).to(score.device)
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:
@@ -489,12 +506,13 @@ def _read_stacked(layers: list[WindowLayer], begin: int, end: int) -> tuple[torc
 def _write_pieces(
     layers: list[WindowLayer], head: int, pieces: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> None:
-    """Write a round's ``(keys, values)`` pieces (stacked over ``layers``) after the head, in order."""
+    """Write a round's ``(keys, values)`` pieces (stacked over ``layers``) after the head, in order:
+    joined first, so a layer takes two copies whatever the number of pieces (GPU launches)."""
+    dtype = layers[0].keys.dtype
+    keys = torch.cat([k.to(dtype) for k, _ in pieces], dim=-2)
+    values = torch.cat([v.to(dtype) for _, v in pieces], dim=-2)
+    end = head + keys.shape[-2]
     for index, layer in enumerate(layers):
-        slot = head
-        for keys, values in pieces:
-            size = keys.shape[-2]
-            layer.keys[:, :, slot : slot + size] = keys[index].to(layer.keys.dtype)
-            layer.values[:, :, slot : slot + size] = values[index].to(layer.values.dtype)
-            slot += size
-        layer.length = slot
+        layer.keys[:, :, head:end] = keys[index]
+        layer.values[:, :, head:end] = values[index]
+        layer.length = end
