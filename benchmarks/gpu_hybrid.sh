@@ -55,6 +55,9 @@ case "${1:-}" in
     bg qa "CONFIGS='hybrid:1024:8 hybrid:1024:0 hybrid:4096:8 hybrid:4096:0 freqkv:1024:0 freqkv:4096:0' \
       bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
     sleep 20; tail -n 2 $WORK/*.log ;;
+  closings)  # qa on the novel: quotes widened or not, 4 closings per read, windows 1024 and 4096
+    timeout "${2:-420}" $PY benchmarks/qa_novel_closings.py samples/botchan.txt --device cuda \
+      --windows 1024,4096 --json "$OUT/qa_novel_closings.json" 2>&1 | grep -v -i warn ;;
   launch)
     for cache in full sink freqkv hybrid; do
       bg needle_$cache "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \

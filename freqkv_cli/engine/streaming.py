@@ -31,6 +31,10 @@ class GenerationResult:
     stop_reason: str  # "eos", "stop_string", "max_new_tokens", "interrupted"
 
 
+# A quoted passage is a kept run widened by up to this many tokens read before / after it.
+QUOTE_LEFT, QUOTE_RIGHT = 8, 24
+
+
 @dataclass
 class StreamingEngine:
     """Streams token ids through ``model`` with a :class:`WindowedCache` (batch size 1).
@@ -50,10 +54,11 @@ class StreamingEngine:
     _last_hidden: torch.Tensor | None = field(init=False, default=None)
     _pending: list[int] = field(init=False, default_factory=list)
     _should_stop: Callable[[], bool] | None = field(init=False, default=None)
-    # Hybrid only: ids of the last `window` tokens (where new exact picks come from) and of the
-    # tokens in the exact slots, by stream index: bounded by N, whatever the document's length.
+    # Hybrid only: ids of the last `window` tokens (where new exact picks come from) and, for
+    # each exact entry by stream index, the ids around it when it was picked (where quotes come
+    # from): bounded by N and E * (1 + QUOTE_LEFT + QUOTE_RIGHT), whatever the document's length.
     _recent_ids: deque[int] = field(init=False, default_factory=deque)
-    _exact_ids: dict[int, int] = field(init=False, default_factory=dict)
+    _exact_context: dict[int, tuple[int, tuple[int, ...]]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_chunk < 1:
@@ -75,7 +80,7 @@ class StreamingEngine:
         self._last_hidden = None
         self._pending = []
         self._recent_ids = deque(maxlen=self.policy.window if self.policy.kind == "hybrid" else 0)
-        self._exact_ids = {}
+        self._exact_context = {}
 
     def stats(self) -> CacheStats:
         return self.cache.stats()
@@ -98,19 +103,33 @@ class StreamingEngine:
         self.cache.compress()
         if self.policy.kind != "hybrid":
             return
-        # New picks come from the last window of tokens; the others were already held.
-        first = self.cache.tokens_seen - len(self._recent_ids)
-        held = self._exact_ids
+        # New picks come from the last window of tokens, their context too (the recent window
+        # after a candidate has been read); the others were already held.
+        seen = self.cache.tokens_seen
+        first = seen - len(self._recent_ids)
+        held, recent = self._exact_context, self._recent_ids
         tokens = self.cache.exact_tokens
-        picked = tokens[0].tolist() if tokens is not None else []
-        self._exact_ids = {t: held[t] if t in held else self._recent_ids[t - first] for t in picked}
+        context = {}
+        for t in tokens[0].tolist() if tokens is not None else []:
+            if t in held:
+                context[t] = held[t]
+            else:
+                start = max(first, t - QUOTE_LEFT)
+                context[t] = (
+                    start,
+                    tuple(recent[i - first] for i in range(start, min(seen, t + QUOTE_RIGHT + 1))),
+                )
+        self._exact_context = context
 
-    def exact_passages(self, limit: int) -> list[list[int]]:
+    def exact_passages(self, limit: int, left: int = QUOTE_LEFT, right: int = QUOTE_RIGHT) -> list[list[int]]:
         """Token ids of the ``limit`` best runs of consecutive exact entries (hybrid with a
-        question), in stream order: the passages the question's attention kept."""
+        question), in stream order: the passages the question's attention kept, each widened
+        by up to ``left`` / ``right`` of the tokens read around it (a kept span often stops just
+        short of the answer: "a copy of the Shikoku Shimb|un"), overlapping ones merged."""
         tokens, scores = self.cache.exact_tokens, self.cache.hybrid.scores
         if tokens is None or scores is None or limit <= 0 or self.cache.queries is None:
             return []
+        left, right = min(left, QUOTE_LEFT), min(right, QUOTE_RIGHT)
         runs: list[tuple[float, list[int]]] = []
         for token, score in zip(tokens[0].tolist(), scores[0].tolist(), strict=True):
             if runs and token == runs[-1][1][-1] + 1:
@@ -118,8 +137,29 @@ class StreamingEngine:
                 runs[-1] = (max(runs[-1][0], score), runs[-1][1])
             else:
                 runs.append((score, [token]))
-        best = sorted(sorted(runs, key=lambda run: -run[0])[:limit], key=lambda run: run[1][0])
-        return [[self._exact_ids[token] for token in run] for _, run in best]
+        best = sorted(
+            (run for _, run in sorted(runs, key=lambda run: -run[0])[:limit]), key=lambda run: run[0]
+        )
+        known: dict[int, int] = {}  # stream index -> id, from the contexts of the chosen runs
+        for run in best:
+            for t in run:
+                start, ids = self._exact_context[t]
+                known.update((start + k, token) for k, token in enumerate(ids))
+        passages: list[list[int]] = []
+        last_end = None
+        for run in best:
+            begin, end = run[0], run[-1] + 1
+            while begin - 1 in known and run[0] - begin < left:
+                begin -= 1
+            while end in known and end - run[-1] <= right:
+                end += 1
+            if last_end is not None and begin <= last_end:  # overlaps the previous one: merge
+                passages[-1].extend(known[i] for i in range(last_end, end))
+                last_end = max(last_end, end)
+                continue
+            passages.append([known[i] for i in range(begin, end)])
+            last_end = end
+        return passages
 
     def _feed_hidden(self, ids: Sequence[int]) -> Iterable[tuple[Sequence[int], torch.Tensor]]:
         """Append ``ids`` with compression as the window fills; yields (chunk, hidden) per forward."""

@@ -1,20 +1,24 @@
-"""`freqkv qa` on a whole novel, on the CPU: one read of the book per question, answered twice.
+"""`freqkv qa` on a whole novel: one read of the book per question and window, closed several ways.
 
-The book is streamed once per question through the shipped default (hybrid cache, window and
-recent from its freqkv.json) with the question pinned before it, exactly as `freqkv qa` does
-(Session.read_document). The cache after the book does not depend on what follows it, so it
-is copied and the turn is closed twice: with the best `--reread` passages quoted before the
-question, and without (`--reread 0`). Greedy decoding with the qa command's defaults
-(repetition penalty 1.1), 40 new tokens. Prints a markdown table; `--json` writes the details
-(quoted passages, seconds).
+The book is streamed once per question through the shipped default (hybrid cache, recent and
+ratio from its freqkv.json; window from --windows) with the question pinned before it, exactly
+as `freqkv qa` does (Session.read_document). The cache after the book does not depend on what
+follows it, so it is copied and the turn is closed once per --closings entry:
+``R:wide`` quotes the R best kept passages widened by the text read around them (the shipped
+`--reread R`), ``R:narrow`` the kept runs alone (the previous version), ``0`` quotes nothing.
+Greedy decoding with the qa command's defaults (repetition penalty 1.1), 40 new tokens. Prints
+a markdown table; `--json` writes the details (quoted passages, seconds, compressions while
+closing).
 
-    python benchmarks/qa_novel_cpu.py samples/botchan.txt --json benchmarks/results/hybrid/qa_novel_cpu.json
+    python benchmarks/qa_novel_closings.py samples/botchan.txt --questions 4 --json out.json  # CPU, 7 min
+    python benchmarks/qa_novel_closings.py samples/botchan.txt --device cuda --windows 1024,4096
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import time
 from pathlib import Path
@@ -38,37 +42,49 @@ QUESTIONS = [  # (depth: share of the book's characters before the answer, expec
         "Which newspaper did the old lady bring the narrator the morning after the fight?",
     ),
 ]
-ENGINE_STATE = ("cache", "_last_hidden", "_pending", "_recent_ids", "_exact_ids")
+ENGINE_STATE = ("cache", "_last_hidden", "_pending", "_recent_ids", "_exact_context")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("book")
-    parser.add_argument("--reread", type=int, default=8)
+    parser.add_argument("--closings", default="8:wide,8:narrow,4:wide,0")
     parser.add_argument("--cache", default="hybrid")
+    parser.add_argument("--windows", default="", help="comma-separated; default: the tuned window")
     parser.add_argument("--questions", default="0,1,2,3,4", help="indices into QUESTIONS")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    loaded = load_model("default", device="cpu")
+    loaded = load_model("default", device=args.device)
     tuned = loaded.settings
-    policy = CachePolicy(
-        args.cache, window=tuned.window, sink=tuned.sink, recent=tuned.recent, ratio=tuned.ratio
-    )
+    windows = [int(w) for w in args.windows.split(",")] if args.windows else [tuned.window]
+    closings = [
+        (int(c.split(":")[0]), c.split(":")[1] if ":" in c else "wide") for c in args.closings.split(",")
+    ]
     rows = []
-    print("| depth | question | expected | reread | answer | right | in quoted passages |")
-    print("|---|---|---|---|---|---|---|")
-    for index in (int(i) for i in args.questions.split(",")):
+    print("| depth | question | expected | window | closing | answer | right | in quoted passages |")
+    print("|---|---|---|---|---|---|---|---|")
+    for window, index in ((w, int(i)) for w in windows for i in args.questions.split(",")):
+        policy = CachePolicy(
+            args.cache, window=window, sink=tuned.sink, recent=tuned.recent, ratio=tuned.ratio
+        )
         depth, expected, question = QUESTIONS[index]
         session = Session(loaded, policy)
         started = time.perf_counter()
         report = session.read_document(open_document(args.book), task="qa", question=question, finish=False)
         read_seconds = time.perf_counter() - started
         saved = copy.deepcopy({name: getattr(session.engine, name) for name in ENGINE_STATE})
-        for reread in dict.fromkeys((args.reread, 0)):
+        passages = session.engine.exact_passages
+        for reread, width in closings:
             for name, value in copy.deepcopy(saved).items():
                 setattr(session.engine, name, value)
+            session.engine.exact_passages = (
+                functools.partial(passages, left=0, right=0) if width == "narrow" else passages
+            )
+            before = session.engine.cache.compressions
             session.finish_document("qa", question, reread=reread)
+            closing_rounds = session.engine.cache.compressions - before
             result = session.generate(
                 max_new_tokens=40, sampler=Sampler(temperature=0.0, repetition_penalty=1.1)
             )
@@ -76,9 +92,10 @@ def main() -> None:
             right = expected.lower() in answer.lower()
             held = any(expected.lower() in " ".join(p.split()).lower() for p in session.quoted)
             quoted_mark = ("yes" if held else "no") if session.quoted else "-"
+            closing = f"{reread}:{width}" if reread else "0"
             print(
-                f"| {depth} | {question} | {expected} | {reread} | {answer} | {'yes' if right else 'no'} "
-                f"| {quoted_mark} |",
+                f"| {depth} | {question} | {expected} | {window} | {closing} | {answer} "
+                f"| {'yes' if right else 'no'} | {quoted_mark} |",
                 flush=True,
             )
             rows.append(
@@ -89,6 +106,8 @@ def main() -> None:
                     "cache": args.cache,
                     "window": policy.window,
                     "reread": reread,
+                    "quotes": width,
+                    "closing_compressions": closing_rounds,
                     "answer": answer,
                     "right": right,
                     "quoted_passages": session.quoted,
@@ -97,8 +116,8 @@ def main() -> None:
                     "read_seconds": round(read_seconds, 1),
                 }
             )
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"book": args.book, "rows": rows}, indent=1))
+            if args.json_out:  # after every row: a run cut short keeps what it measured
+                Path(args.json_out).write_text(json.dumps({"book": args.book, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
