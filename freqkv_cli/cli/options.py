@@ -89,7 +89,7 @@ RereadOpt = Annotated[
         min=0,
         rich_help_panel=MODEL_PANEL,
         help="hybrid cache: quote this many of the passages the question kept exact again just "
-        "before the question (0: off).",
+        "before the question, with the text around them (0: off) [8].",
     ),
 ]
 SelectOpt = Annotated[

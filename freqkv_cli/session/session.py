@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..cache.policy import CachePolicy
 from ..documents import Document
 from ..engine.sampling import Sampler
-from ..engine.streaming import GenerationResult, StreamingEngine
+from ..engine.streaming import QUOTE_LEFT, QUOTE_RIGHT, GenerationResult, StreamingEngine
 from ..errors import ContextLimitError
 from ..models.loading import LoadedModel
 from .prompts import document_prompt, turn_template
@@ -138,8 +138,9 @@ class Session:
         parts = [self.encode(text) for text in _around(self._turn_opening() + before, question)]
         prefix = [token for part in parts for token in part]
         suffix = self.encode(after + self.template.after)
-        if question is not None and reread > 0:  # room for the quoted passages (at most E tokens)
-            reserve += self.engine.policy.exact_slots() + 8 * reread
+        if question is not None and reread > 0:  # room for the quotes: E exact tokens, the text
+            # around each, and the "- ...", "..." of its line
+            reserve += self.engine.policy.exact_slots() + (QUOTE_LEFT + QUOTE_RIGHT + 8) * reread
         self._check_room(len(prefix) + len(suffix) + reserve)
         budget = None
         if self.ctx is not None:
