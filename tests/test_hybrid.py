@@ -153,7 +153,7 @@ def test_hybrid_without_selection_budget_matches_the_exact_count() -> None:
     [
         (dict(exact=0.0), "exact share"),
         (dict(exact=1.0), "exact share"),
-        (dict(window=64, recent=40, exact=0.3), "no room to compress"),
+        (dict(window=64, recent=52, exact=0.3), "no room to compress"),
     ],
 )
 def test_hybrid_settings_are_validated(changes: dict, message: str) -> None:
@@ -161,6 +161,18 @@ def test_hybrid_settings_are_validated(changes: dict, message: str) -> None:
     settings.update(changes)
     with pytest.raises(UsageError, match=message):
         CachePolicy(**settings)
+
+
+def test_exact_slots_fit_inside_what_a_round_keeps() -> None:
+    """E is at most L - 4: a low ratio (a checkpoint's freqkv.json) shrinks it, not an error."""
+    policy = CachePolicy("hybrid", 96, 8, 16, 0.25)  # F = 72, L = 18: floor(96 * 0.25) = 24 does not fit
+    assert policy.kept() == 18 and policy.exact_slots() == 14
+    assert CachePolicy("hybrid", 1024, 4, 128, 0.5).exact_slots() == 256  # the default: unclipped
+    model = tiny_model("llama")
+    ids = torch.randint(0, 211, (400,), generator=torch.Generator().manual_seed(3)).tolist()
+    engine = StreamingEngine(model, policy)
+    engine.feed(ids)
+    assert engine.cache.exact_count == 14 and engine.cache.length <= policy.window
 
 
 def test_surprise_scores_are_the_streamed_token_losses() -> None:

@@ -26,7 +26,8 @@ class CachePolicy:
     ratio:  r, the share of the compressible span F = N - S - R that is kept:
             L = floor(F * r). ``sink`` frees the same F - L slots per round, so the
             two policies run the same chunk schedule and hold the same memory.
-    exact:  hybrid only: share of N reserved for exact (selected) tokens, E = floor(N * exact);
+    exact:  hybrid only: share of N reserved for exact (selected) tokens, E = floor(N * exact),
+            at most L - 4;
             each round selects up to max(1, E // 4) new ones, the best E are kept. They are
             among FreqKV's L: a round leaves E exact and L - E low-passed entries, so the hybrid
             frees F - L slots a round, as FreqKV does (same chunks, same memory).
@@ -80,7 +81,7 @@ class CachePolicy:
                 raise UsageError(f"unknown selector {self.selector!r}: use one of {', '.join(SELECTORS)}")
             if not (0.0 < self.exact < 1.0) or math.isnan(self.exact):
                 raise UsageError(f"exact share {self.exact} must be strictly between 0 and 1")
-            if self.kept(head) - self.exact_slots() < 4:
+            if self.exact_slots() < 1 or self.kept(head) - self.exact_slots() < 4:
                 raise UsageError(
                     f"exact slots ({self.exact_slots()}) leave no room to compress: a round keeps "
                     f"{self.kept(head)} entries after sink/pinned ({head}), exact ones included"
@@ -100,8 +101,12 @@ class CachePolicy:
         return self.span(head) - self.kept(head)
 
     def exact_slots(self) -> int:
-        """E: the most exact (selected) entries a hybrid layer holds."""
-        return math.floor(self.window * self.exact) if self.kind == "hybrid" else 0
+        """E: the most exact (selected) entries a hybrid layer holds: floor(N * exact), but at most
+        L - 4 (a round keeps L entries, the exact ones among them; a low ratio or a long recent
+        window leaves fewer, and the default share must not turn such settings into an error)."""
+        if self.kind != "hybrid":
+            return 0
+        return max(0, min(math.floor(self.window * self.exact), self.kept() - 4))
 
     def quota(self) -> int:
         """New tokens a hybrid round may select into the exact slots."""
