@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -76,12 +75,9 @@ def variants(cache: wc.WindowedCache, queries: list[torch.Tensor], tail: int, n:
             queries[index].float(), torch.full((queries[index].shape[2],), cache.policy.window - 1)
         )
         cand_k = layer.keys[:, :, tail : tail + n].float()
-        b, h, tq, d = q.shape
-        kvh = cand_k.shape[1]
-        lg = torch.einsum("bhgtd,bhnd->bhgtn", q.view(b, kvh, h // kvh, tq, d), cand_k).flatten(1, 2)[
-            0
-        ] / math.sqrt(d)
-        stats = RUNNING.setdefault((qi, index), [0, torch.zeros(h, tq), torch.zeros(h, tq)])
+        lg = wc.question_logits(q, cand_k)[0]  # (h, tq, n), what the cache scores with
+        h = lg.shape[0]
+        stats = RUNNING.setdefault((qi, index), [0, torch.zeros(h, lg.shape[1]), torch.zeros(h, lg.shape[1])])
         stats[0] += n
         stats[1] += lg.sum(-1)
         stats[2] += (lg * lg).sum(-1)
@@ -89,7 +85,7 @@ def variants(cache: wc.WindowedCache, queries: list[torch.Tensor], tail: int, n:
         std = (stats[2] / stats[0] - mean * mean).clamp(min=1e-6).sqrt()
         tz = (lg - mean[..., None]) / std[..., None]  # (h, tq, n)
         tzmax = tz.max(dim=1).values  # (h, n)
-        top2 = tz.topk(min(2, tq), dim=1).values.mean(dim=1)
+        top2 = tz.topk(min(2, lg.shape[1]), dim=1).values.mean(dim=1)
         all_logit += lg.max(dim=1).values.sum(0)
         all_tokz += tzmax.sum(0)
         heads_all += h
@@ -97,20 +93,13 @@ def variants(cache: wc.WindowedCache, queries: list[torch.Tensor], tail: int, n:
         top2_total += torch.einsum("hn,h->n", top2, w)
         if not bool((w > 0).any()):
             continue
-        cand_k = layer.keys[:, :, tail : tail + n].float()
-        q = queries[index].float()
-        b, h, tq, d = q.shape
-        kvh = cand_k.shape[1]
-        q = cache.rotation.rotate(q, torch.full((tq,), cache.policy.window - 1))
-        q = q.view(b, kvh, h // kvh, tq, d)
-        logits = torch.einsum("bhgtd,bhnd->bhgtn", q, cand_k) / math.sqrt(d)  # (1,kv,g,tq,n)
-        attn = torch.softmax(logits, dim=-1)
-        mean_attn = attn.mean(dim=3).flatten(1, 2)[0]  # (Hq, n)
+        attn = torch.softmax(lg, dim=-1)  # (h, tq, n)
+        mean_attn = attn.mean(dim=1)  # (Hq, n)
         z = wc._standardize(mean_attn)
         z_total += torch.einsum("hn,h->n", z, w)
         raw_total += torch.einsum("hn,h->n", mean_attn * n, w)
-        logit_total += torch.einsum("hn,h->n", logits.max(dim=3).values.flatten(1, 2)[0], w)
-        last_total += torch.einsum("hn,h->n", attn[:, :, :, -8:].mean(dim=3).flatten(1, 2)[0] * n, w)
+        logit_total += torch.einsum("hn,h->n", lg.max(dim=1).values, w)
+        last_total += torch.einsum("hn,h->n", attn[:, -8:].mean(dim=1) * n, w)
         wsum += float(w.sum())
     out["z"] = z_total / wsum
     out["attn_x_n"] = raw_total / wsum

@@ -414,11 +414,7 @@ class WindowedCache(Cache):
             q = self.queries[index].to(cand_k.device).float()  # (B, Hq, Tq, D)
             q = self.rotation.rotate(q, torch.full((q.shape[2],), self.policy.window - 1, device=q.device))
             self._asked[index] = q
-        batch, heads, tq, dim = q.shape
-        kv_heads = cand_k.shape[1]
-        q = q.view(batch, kv_heads, heads // kv_heads, tq, dim)
-        logits = torch.einsum("bhgtd,bhnd->bhgtn", q, cand_k.float()) / math.sqrt(dim)
-        return logits.flatten(1, 2)
+        return question_logits(q, cand_k)
 
     def question_scores(self, index: int, cand_k: torch.Tensor) -> torch.Tensor:
         """Attention ``(B, Hq, n)`` per query head from the question to the candidate keys of layer
@@ -490,6 +486,16 @@ def select_spans(score: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Te
         raise ValueError(f"only {min(map(len, rows))} of {take} candidates have a finite score")
     index = torch.tensor(rows, dtype=torch.long).reshape(batch, take).to(score.device)
     return index, torch.tensor(values, dtype=score.dtype).reshape(batch, take).to(score.device)
+
+
+def question_logits(queries: torch.Tensor, cand_k: torch.Tensor) -> torch.Tensor:
+    """``(B, Hq, Tq, n)`` scaled dot products of rotated ``queries`` ``(B, Hq, Tq, D)`` with the
+    keys ``cand_k`` ``(B, Hkv, n, D)``, query heads grouped over the KV heads they share (GQA)."""
+    batch, heads, tq, dim = queries.shape
+    kv_heads = cand_k.shape[1]
+    grouped = queries.view(batch, kv_heads, heads // kv_heads, tq, dim)
+    logits = torch.einsum("bhgtd,bhnd->bhgtn", grouped, cand_k.float()) / math.sqrt(dim)
+    return logits.flatten(1, 2)
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:
