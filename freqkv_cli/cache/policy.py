@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 
 from ..errors import UsageError
 
@@ -55,17 +56,19 @@ class CachePolicy:
 
     def validate(self, head: int | None = None) -> None:
         """Raise UsageError unless the settings leave room to compress. ``head``: sinks plus pinned tokens."""
-        if self.kind not in POLICIES:
-            raise UsageError(f"unknown cache policy {self.kind!r}: use one of {', '.join(POLICIES)}")
+        check_values(kind=self.kind)
         if self.kind == "full":
             return
+        hybrid = self.kind == "hybrid"
+        check_values(
+            window=self.window,
+            sink=self.sink,
+            recent=self.recent,
+            ratio=self.ratio,
+            exact=self.exact if hybrid else None,
+            selector=self.selector if hybrid else None,
+        )
         head = self.sink if head is None else head
-        if self.window < 8:
-            raise UsageError(f"window {self.window} is too small: use at least 8")
-        if self.sink < 0 or self.recent < 0:
-            raise UsageError("sink and recent must be zero or more")
-        if not (0.0 < self.ratio < 1.0) or math.isnan(self.ratio):
-            raise UsageError(f"ratio {self.ratio} must be strictly between 0 and 1")
         span = self.window - head - self.recent
         if span < 2:
             raise UsageError(
@@ -76,16 +79,11 @@ class CachePolicy:
             raise UsageError(
                 f"ratio {self.ratio} keeps {self.kept(head)} of {span} entries: nothing would be freed"
             )
-        if self.kind == "hybrid":
-            if self.selector not in SELECTORS:
-                raise UsageError(f"unknown selector {self.selector!r}: use one of {', '.join(SELECTORS)}")
-            if not (0.0 < self.exact < 1.0) or math.isnan(self.exact):
-                raise UsageError(f"exact share {self.exact} must be strictly between 0 and 1")
-            if self.exact_slots() < 1 or self.kept(head) - self.exact_slots() < 4:
-                raise UsageError(
-                    f"exact slots ({self.exact_slots()}) leave no room to compress: a round keeps "
-                    f"{self.kept(head)} entries after sink/pinned ({head}), exact ones included"
-                )
+        if hybrid and (self.exact_slots() < 1 or self.kept(head) - self.exact_slots() < 4):
+            raise UsageError(
+                f"exact slots ({self.exact_slots()}) leave no room to compress: a round keeps "
+                f"{self.kept(head)} entries after sink/pinned ({head}), exact ones included"
+            )
 
     def span(self, head: int | None = None) -> int:
         """F: how many entries one round compresses."""
@@ -127,3 +125,68 @@ class CachePolicy:
 
     def with_(self, **changes: object) -> CachePolicy:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def check_values(
+    kind: str | None = None,
+    window: int | None = None,
+    sink: int | None = None,
+    recent: int | None = None,
+    ratio: float | None = None,
+    exact: float | None = None,
+    selector: str | None = None,
+) -> None:
+    """Raise UsageError for any given value that no policy accepts (None: not given). The one
+    place each setting is checked on its own; :meth:`CachePolicy.validate` adds how they fit."""
+    if kind is not None and kind not in POLICIES:
+        raise UsageError(f"cache '{kind}' is not a policy: use one of {', '.join(POLICIES)}")
+    if window is not None and window < 8:
+        raise UsageError(f"window {window} is too small: use at least 8")
+    if sink is not None and sink < 0:
+        raise UsageError(f"sink {sink} must be zero or more")
+    if recent is not None and recent < 0:
+        raise UsageError(f"recent {recent} must be zero or more")
+    if ratio is not None and (math.isnan(ratio) or not 0.0 < ratio < 1.0):
+        raise UsageError(f"ratio {ratio} must be strictly between 0 and 1")
+    if exact is not None and (math.isnan(exact) or not 0.0 < exact < 1.0):
+        raise UsageError(f"exact share {exact} must be strictly between 0 and 1")
+    if selector is not None and selector not in SELECTORS:
+        raise UsageError(f"selector '{selector}' is not one of {', '.join(SELECTORS)}")
+
+
+# What a checkpoint's freqkv.json may set; the rest comes from the caller or the defaults.
+CHECKPOINT_KEYS = ("window", "sink", "recent", "ratio")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Cache settings as someone gave them; None means "the checkpoint's, else the default".
+
+    :meth:`resolve` turns them into the one :class:`CachePolicy` a session runs: explicit
+    values first, then those the checkpoint was tuned with (its ``freqkv.json``), then the
+    model's (a window of ``min(4096, native window)``), then :class:`CachePolicy`'s defaults.
+    """
+
+    kind: str | None = None
+    window: int | None = None
+    sink: int | None = None
+    recent: int | None = None
+    ratio: float | None = None
+    exact: float | None = None
+    selector: str | None = None
+    seed: int | None = None
+
+    def check(self) -> None:
+        """What can be checked before a model is loaded, so a bad value fails at once."""
+        check_values(self.kind, self.window, self.sink, self.recent, self.ratio, self.exact, self.selector)
+
+    def resolve(self, checkpoint: Mapping[str, object] | None = None, native_window: int = 0) -> CachePolicy:
+        """The policy in force: see the class docstring. Raises UsageError if it cannot compress."""
+        self.check()
+        values: dict[str, object] = {"window": min(4096, native_window or 4096)}
+        for key in CHECKPOINT_KEYS:
+            if checkpoint is not None and checkpoint.get(key) is not None:
+                values[key] = checkpoint[key]
+        given = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update({key: value for key, value in given.items() if value is not None})
+        return CachePolicy(**values)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..cache.head_profile import PROFILE_FILE, HeadProfile
+from ..cache.policy import CHECKPOINT_KEYS, CachePolicy, CacheSettings
 from ..errors import ModelError
 from .default import (
     DEFAULT_MODEL_NAME,
@@ -56,6 +57,13 @@ class LoadedModel:
     @property
     def native_window(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+
+    def cache_policy(self, settings: CacheSettings) -> CachePolicy:
+        """The policy ``settings`` resolve to on this model: explicit values, then the ones the
+        checkpoint was tuned with, then the model's own (:meth:`CacheSettings.resolve`)."""
+        tuned = self.settings
+        checkpoint = None if tuned is None else {key: getattr(tuned, key) for key in CHECKPOINT_KEYS}
+        return settings.resolve(checkpoint, self.native_window)
 
 
 def check_family(config: object, source: str) -> str:
