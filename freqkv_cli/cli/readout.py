@@ -66,7 +66,7 @@ class Readout:
             yield
 
     def memory_line(self, session: Session) -> str:
-        stats = session.engine.stats()
+        stats = session.stats()
         parts = [
             f"{format_count(stats.tokens_seen)} tokens",
             f"{stats.compressions} compressions",
@@ -127,8 +127,8 @@ def result_json(
     pages: int | None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    stats = session.engine.stats()
-    policy = session.engine.policy
+    stats = session.stats()
+    policy = session.policy
     gpu = gpu_bytes(session.loaded.device)
     data: dict[str, Any] = {
         "answer": answer,

@@ -163,7 +163,7 @@ def run_needle_trial(
     tokens = session.tokens_held
     result = session.generate(max_new_tokens=max_new_tokens, sampler=Sampler(temperature=0.0))
     return NeedleTrial(
-        cache=session.engine.policy.kind,
+        cache=session.policy.kind,
         length=length,
         depth=document.depth,
         seed=seed,

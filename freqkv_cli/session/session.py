@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..cache.policy import CachePolicy
+from ..cache.window_cache import CacheStats
 from ..documents import Document
 from ..engine.sampling import Sampler
 from ..engine.streaming import QUOTE_LEFT, QUOTE_RIGHT, GenerationResult, StreamingEngine
@@ -76,6 +77,15 @@ class Session:
         self.quoted: list[str] = []  # passages the last qa read quoted before its question
 
     # -- bookkeeping ---------------------------------------------------------------------
+    @property
+    def policy(self) -> CachePolicy:
+        """The cache policy in force (a hybrid's exact slots fitted to a pinned question)."""
+        return self.engine.policy
+
+    def stats(self) -> CacheStats:
+        """What the cache holds now."""
+        return self.engine.stats()
+
     @property
     def tokens_held(self) -> int:
         """Tokens this conversation has streamed (what --ctx limits), not cache entries."""

@@ -98,7 +98,7 @@ def chat(
         if stop():
             raise Interrupted("interrupted while reading")
     if interactive:
-        policy = session.engine.policy
+        policy = session.policy
         room = "no limit" if session.ctx is None else f"up to {session.ctx:,} tokens"
         cache = "full cache" if policy.kind == "full" else f"a {policy.window:,}-entry {policy.kind} window"
         readout.info(f"freqkv chat · {loaded.name} · {room} in {cache} · {HELP_TEXT}")
