@@ -344,53 +344,24 @@ def profile_decode(step, first_token: int, device: torch.device, label: str, ste
 
 
 PROFILES: list[str] = []
-SYNCED_COMPRESS = {"on": False}
-
-
-def install_compress_sync() -> None:
-    """Make ``compress_seconds`` honest on CUDA: wait for the queued forward before starting the clock.
-
-    Before commit 3786405, ``WindowedCache.compress`` started its timer without synchronising,
-    so on a GPU it also counted the tail of the previous (asynchronous) forward call. This
-    wrapper synchronises first; with a newer library it is a harmless second synchronise.
-    """
-    from freqkv_cli.cache import window_cache
-
-    original = window_cache.WindowedCache.compress
-    if getattr(original, "_synced", False):
-        return
-
-    def compress(self) -> None:
-        device = self.layers[0].keys.device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        original(self)
-
-    compress._synced = True  # type: ignore[attr-defined]
-    window_cache.WindowedCache.compress = compress
-    SYNCED_COMPRESS["on"] = True
 
 
 def install_lowpass_variant(name: str):
     """Swap the matrix path of the operator for a variant; returns an undo function.
 
-    ``matrix``: the library as it is (since commit 20f28bc: TF32 for 16-bit caches on CUDA);
-    ``matrix_fp32``: a plain float32 matmul (the library before 20f28bc); ``matrix_tf32``: TF32
-    allowed around this matmul only; ``matrix_bf16``: bf16 operands on the tensor cores,
-    float32 accumulation. (``fft`` needs no patch: pass lowpass_method='fft'.)
-    Works with the library's ``lowpass_matmul(x, kept, dim)`` with or without its ``tf32`` argument.
+    ``matrix``: the library as it is (TF32 for 16-bit caches on CUDA); ``matrix_fp32``: a plain
+    float32 matmul; ``matrix_tf32``: TF32 allowed around this matmul only; ``matrix_bf16``: bf16
+    operands on the tensor cores, float32 accumulation. (``fft`` needs no patch: pass
+    lowpass_method='fft'.)
     """
-    import inspect
-
     from freqkv_cli.cache import dct
 
     original = dct.lowpass_matmul
     if name in ("matrix", "fft"):
         return lambda: None
-    has_flag = "tf32" in inspect.signature(original).parameters
 
     def plain(x: torch.Tensor, kept: int, dim: int = -2, **_: object) -> torch.Tensor:
-        return original(x, kept, dim, tf32=False) if has_flag else original(x, kept, dim)
+        return original(x, kept, dim, tf32=False)
 
     def tf32(x: torch.Tensor, kept: int, dim: int = -2, **_: object) -> torch.Tensor:
         previous = torch.backends.cuda.matmul.allow_tf32
@@ -620,11 +591,6 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument(
-        "--no-sync-fix",
-        action="store_true",
-        help="time compress() as the library does (without a synchronize before its clock)",
-    )
-    parser.add_argument(
         "--variants",
         nargs="*",
         default=[],
@@ -644,8 +610,8 @@ def main() -> None:
         default="default",
         choices=["default", "no-cudnn"],
         help="no-cudnn: run everything inside sdpa_kernel([flash, efficient, math]), i.e. without "
-        "cuDNN attention, which rebuilds a plan for every new key length (slow decode). Since commit "
-        "3786405 the engine itself avoids cuDNN for calls of 16 tokens or fewer",
+        "cuDNN attention, which rebuilds a plan for every new key length. The engine already keeps "
+        "calls of 16 tokens or fewer off cuDNN, so this changes the prefill",
     )
     parser.add_argument(
         "--out-dir", type=Path, default=Path(os.environ.get("OUT", ROOT / "benchmarks" / "results"))
@@ -688,8 +654,6 @@ def main() -> None:
         f"lowpass {args.lowpass}, decode {args.decode} greedy tokens, sdpa attention"
     )
 
-    if not args.no_sync_fix:
-        install_compress_sync()
     if args.sdpa == "no-cudnn":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -697,14 +661,6 @@ def main() -> None:
         sdpa_context = sdpa_kernel(backends)
         sdpa_context.__enter__()  # for the whole run; the process ends after main()
     log(f"  sdpa backends: {args.sdpa}")
-    log(
-        "  compress timing: "
-        + (
-            "synchronised before the clock starts (bench fix)"
-            if SYNCED_COMPRESS["on"]
-            else "as the library does"
-        )
-    )
     torch.manual_seed(0)
     t0 = time.perf_counter()
     config = make_config(args.tiny)

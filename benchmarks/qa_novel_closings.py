@@ -5,7 +5,7 @@ ratio from its freqkv.json; window from --windows) with the question pinned befo
 as `freqkv qa` does (Session.read_document). The cache after the book does not depend on what
 follows it, so it is copied and the turn is closed once per --closings entry:
 ``R:wide`` quotes the R best kept passages widened by the text read around them (the shipped
-`--reread R`), ``R:narrow`` the kept runs alone (the previous version), ``0`` quotes nothing.
+`--reread R`), ``R:narrow`` the kept runs alone, not widened, ``0`` quotes nothing.
 Greedy decoding with the qa command's defaults (repetition penalty 1.1), 40 new tokens. Prints
 a markdown table; `--json` writes the details (quoted passages, seconds, compressions while
 closing).
