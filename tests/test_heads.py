@@ -15,7 +15,8 @@ from tinymodel import save_tiny_model
 
 from freqkv_cli.cache.head_profile import HeadProfile
 from freqkv_cli.cache.policy import CachePolicy
-from freqkv_cli.cache.window_cache import DENSITY, SPAN_LEFT, SPAN_RIGHT
+from freqkv_cli.cache.selectors.attention import DENSITY
+from freqkv_cli.cache.spans import SPAN_LEFT, SPAN_RIGHT
 from freqkv_cli.engine.streaming import StreamingEngine
 from freqkv_cli.errors import ModelError, UsageError
 
@@ -71,7 +72,7 @@ def test_head_weights_decide_whose_attention_chooses() -> None:
             query[q_head] = rotation.unrotate(stored, torch.tensor([POLICY.window - 1]))[0, 0, 0] * 8.0
         weights = torch.zeros(2, 4)
         weights[0, chosen] = 1.0  # layer 0's head: the queries point at layer 0's keys
-        engine.cache.set_queries([query[None, :, None] for _ in model.model.layers], weights)
+        engine.selector.ask([query[None, :, None] for _ in model.model.layers], weights)
         engine.cache.compress()
         picks[chosen] = engine.cache.exact_tokens[0]
     for chosen, target in targets.items():

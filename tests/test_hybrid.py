@@ -9,7 +9,8 @@ import torch
 from conftest import tiny_model
 
 from freqkv_cli.cache.policy import CachePolicy
-from freqkv_cli.cache.window_cache import DENSITY, SPAN_LEFT, SPAN_RIGHT
+from freqkv_cli.cache.selectors.attention import DENSITY
+from freqkv_cli.cache.spans import SPAN_LEFT, SPAN_RIGHT
 from freqkv_cli.engine.streaming import StreamingEngine
 from freqkv_cli.errors import UsageError
 
@@ -36,10 +37,10 @@ def test_exact_slots_hold_the_selected_tokens_exactly_in_stream_order(family: st
     engine = StreamingEngine(model, POLICY if pin else POLICY.with_(selector="keynorm"), max_chunk=11)
     if pin:
         engine.feed(ids[: pin // 2], pin=True)
-        assert engine.cache.queries is None  # pinned, but not a question
+        assert engine.selector.queries is None  # pinned, but not a question
         engine.feed(ids[pin // 2 : pin], pin=True, question=True)
-        assert engine.cache.queries is not None and len(engine.cache.queries) == 2
-        assert engine.cache.queries[0].shape[-2] == pin - pin // 2  # the question's tokens only
+        assert engine.selector.queries is not None and len(engine.selector.queries) == 2
+        assert engine.selector.queries[0].shape[-2] == pin - pin // 2  # the question's tokens only
     engine.feed(ids[pin:])
     cache = engine.cache
     head, exact = cache.head, cache.exact_count
@@ -91,7 +92,7 @@ def test_query_aware_selection_keeps_the_token_the_question_points_at() -> None:
     query = rotation.unrotate(stored, torch.tensor([POLICY.window - 1]))[0, :, 0]  # (Hkv, D)
     query = query.repeat_interleave(group, dim=0)  # each query head gets its KV head's direction
     queries = [query[None, :, None] * 8.0 for _ in model.model.layers]  # sharp attention
-    engine.cache.set_queries(queries, layer0_only(model))  # the queries are layer 0's keys
+    engine.selector.ask(queries, layer0_only(model))  # the queries are layer 0's keys
     engine.cache.compress()
     picked = engine.cache.exact_tokens[0]
     # A pick brings its span along: the picks are the target's neighbourhood (the span starts
@@ -99,7 +100,7 @@ def test_query_aware_selection_keeps_the_token_the_question_points_at() -> None:
     assert ((picked - target >= 1 - DENSITY) & (picked - target <= SPAN_LEFT + SPAN_RIGHT)).all(), picked
     knorm = StreamingEngine(model, POLICY.with_(selector="keynorm"))
     knorm.feed(ids)
-    knorm.cache.set_queries(queries)
+    knorm.selector.ask(queries)
     knorm.cache.compress()  # query-agnostic: the question is ignored, low key norms chosen
     assert not torch.equal(knorm.cache.exact_tokens[0], picked)
 
@@ -124,7 +125,7 @@ def test_a_passage_matching_several_question_tokens_beats_one_matching_one() -> 
         query = query / query.norm(dim=-1, keepdim=True) / stored[0, :, 0].norm(dim=-1, keepdim=True)
         pointing.append(query.repeat_interleave(group, dim=0) * sharpness)  # logit sharpness / sqrt(D)
     queries = torch.stack(pointing, dim=1)[None]  # (1, Hq, 3, D)
-    engine.cache.set_queries([queries for _ in model.model.layers], layer0_only(model))
+    engine.selector.ask([queries for _ in model.model.layers], layer0_only(model))
     engine.cache.compress()
     picked = engine.cache.exact_tokens[0].tolist()
     assert {40, 41, 42} <= set(picked) and 70 not in picked, picked
@@ -182,7 +183,7 @@ def test_surprise_scores_are_the_streamed_token_losses() -> None:
     ids = torch.randint(0, 211, (60,), generator=torch.Generator().manual_seed(9)).tolist()
     engine = StreamingEngine(model, policy, max_chunk=7)
     nll = engine.score(ids)  # 60 tokens: no compression yet
-    surprise = engine.cache.surprise[0, 1:60]
+    surprise = engine.selector.nll[0, 1:60]
     torch.testing.assert_close(surprise, nll, atol=1e-5, rtol=1e-5)
     more = torch.randint(0, 211, (300,), generator=torch.Generator().manual_seed(10)).tolist()
     engine.score(more)  # compressions with surprise-based selection run and stay bounded
@@ -208,7 +209,7 @@ def test_hybrid_without_a_question_selects_by_key_norm(family: str) -> None:
 
 
 def test_span_selection_takes_whole_spans_with_their_centre_score() -> None:
-    from freqkv_cli.cache.window_cache import select_spans
+    from freqkv_cli.cache.spans import select_spans
 
     score = torch.zeros(1, 60)
     score[0, 20], score[0, 45] = 5.0, 3.0
@@ -299,7 +300,7 @@ def _greedy_spans_reference(score: torch.Tensor, take: int) -> tuple[torch.Tenso
 
 @pytest.mark.parametrize("seed", range(6))
 def test_span_selection_matches_a_masked_tensor_walk(seed: int) -> None:
-    from freqkv_cli.cache.window_cache import select_spans
+    from freqkv_cli.cache.spans import select_spans
 
     generator = torch.Generator().manual_seed(seed)
     n = int(torch.randint(20, 300, (1,), generator=generator))

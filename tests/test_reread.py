@@ -31,9 +31,9 @@ def test_exact_passages_hold_the_ids_streamed_at_their_positions() -> None:
     engine = StreamingEngine(model, POLICY)
     engine.feed(question, pin=True, question=True)  # queries captured from these tokens
     engine.feed(ids[12:])
-    assert engine.cache.compressions > 10 and engine.cache.queries is not None
+    assert engine.cache.compressions > 10 and engine.selector.queries is not None
     tokens = engine.cache.exact_tokens[0].tolist()
-    scores = engine.cache.hybrid.scores[0].tolist()
+    scores = engine.cache.exact_scores[0].tolist()
     assert len(tokens) == POLICY.exact_slots()
     every = engine.exact_passages(len(tokens), left=0, right=0)
     assert [token for run in every for token in run] == [ids[t] for t in tokens]
@@ -50,7 +50,7 @@ def test_exact_passages_hold_the_ids_streamed_at_their_positions() -> None:
 def test_passages_are_widened_by_the_text_read_around_the_kept_runs() -> None:
     """A quote is the stretch of the stream around a kept run: up to QUOTE_LEFT tokens before
     and QUOTE_RIGHT after it (compressed in the cache, but read), overlapping quotes merged."""
-    from freqkv_cli.engine.streaming import QUOTE_LEFT, QUOTE_RIGHT
+    from freqkv_cli.engine.passages import QUOTE_LEFT, QUOTE_RIGHT
 
     model = tiny_model("llama")
     ids = torch.randint(0, 211, (900,), generator=torch.Generator().manual_seed(7)).tolist()
@@ -106,7 +106,7 @@ def test_qa_quotes_kept_passages_of_the_document_before_the_question() -> None:
     # ... and it was fed just before the question, after the heading.
     session = Session(loaded, policy)
     session.read_document(text_document(BOOK), task="qa", question=question, reread=3)
-    tail = tokenizer.decode(list(session.engine._recent_ids))
+    tail = tokenizer.decode(list(session.engine.passages.recent))
     heading = tail.index(PASSAGES_HEADING)
     for passage in quoted[3]:
         assert tail.index(f"- ...{' '.join(passage.split())}...", heading) < tail.index("Question:", heading)

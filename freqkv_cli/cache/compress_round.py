@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from .dct import lowpass
+from .policy import CachePolicy
 from .rotary import KeyRotation
+from .spans import select_spans
 
 SlotReader = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -91,36 +93,34 @@ class HybridState:
     tokens: torch.Tensor | None = None
     scores: torch.Tensor | None = None
 
+    def tail(self, head: int) -> int:
+        """The first slot never compressed nor kept exact: where this round's candidates start."""
+        return head + self.e + self.c
+
+    def candidates(self, policy: CachePolicy, head: int) -> int:
+        """How many slots a round may pick from: those between the tail and the recent window."""
+        return policy.window - policy.recent - self.tail(head)
+
 
 def plan_hybrid_round(
-    state: HybridState,
-    scores: torch.Tensor,
-    select: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
-    *,
-    head: int,
-    recent: int,
-    window: int,
-    quota: int,
-    exact_slots: int,
-    ratio: float,
-    tokens_seen: int,
+    state: HybridState, scores: torch.Tensor, policy: CachePolicy, *, head: int, tokens_seen: int
 ) -> tuple[HybridPlan, HybridState]:
-    """Plan one round from ``scores`` ``(B, n)`` of the ``n`` candidates (the slots between the
-    compressed part and the recent window). ``select(scores, take)`` -> ``(B, take)`` offsets in
-    stream order and the score each one competes with. The new picks and the exact entries
-    already held compete; the best ``exact_slots`` stay, in stream order."""
+    """Plan one round from ``scores`` ``(B, n)`` of the ``n`` candidates
+    (:meth:`HybridState.candidates`), picked in spans (:func:`.spans.select_spans`). The new picks
+    and the exact entries already held compete; the best ``policy.exact_slots()`` stay, in stream
+    order."""
     e, c = state.e, state.c
-    tail = head + e + c  # first never-compressed slot
-    candidates = window - recent - tail
-    take = min(quota, candidates)
-    new_e = min(exact_slots, e + take)
+    window, recent = policy.window, policy.recent
+    tail = state.tail(head)
+    candidates = state.candidates(policy, head)
+    take = min(policy.quota(), candidates)
+    new_e = min(policy.exact_slots(), e + take)
     z = c + candidates - take
     # FreqKV's schedule: a round leaves L = floor(F * r) entries between the head and the recent
-    # window, the exact ones among them, so every round frees what a FreqKV round frees (equal
-    # chunk sizes and forward calls; 1.27x as many rounds otherwise, on a 135M model on an H100).
-    kept = min(z, max(1, math.floor((window - head - recent) * ratio) - new_e))
+    # window, the exact ones among them, so every round frees what a FreqKV round frees.
+    kept = min(z, max(1, math.floor((window - head - recent) * policy.ratio) - new_e))
     first_token = tokens_seen - (window - tail)  # stream index of slot `tail`
-    top, span_score = select(scores, take)
+    top, span_score = select_spans(scores, take)
     device, batch = top.device, top.shape[0]
     old_tokens = (
         state.tokens if state.tokens is not None else torch.empty(batch, 0, dtype=torch.long, device=device)

@@ -8,17 +8,19 @@ forward call where no compression happens in between, so it changes memory, not 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
 from ..cache.policy import CachePolicy
+from ..cache.selectors import Selector
 from ..cache.window_cache import CacheStats, WindowedCache
 from ..errors import Interrupted
+from .passages import QUOTE_LEFT, QUOTE_RIGHT, ExactPassages
+from .query_capture import QueryCapture
 from .sampling import Sampler
 
 ProgressCallback = Callable[[int], None]  # called with the number of tokens just consumed
@@ -31,56 +33,67 @@ class GenerationResult:
     stop_reason: str  # "eos", "stop_string", "max_new_tokens", "interrupted"
 
 
-# A quoted passage is a kept run widened by up to this many tokens read before / after it.
-QUOTE_LEFT, QUOTE_RIGHT = 8, 24
-
-
-@dataclass
 class StreamingEngine:
     """Streams token ids through ``model`` with a :class:`WindowedCache` (batch size 1).
 
     ``model``: a Llama/Mistral/Qwen2/Qwen3 causal LM (has ``.model`` and ``.lm_head``).
+    ``policy``: the cache policy asked for; :attr:`policy` is the one in force (a hybrid's exact
+    slots fitted to a pinned question).
     ``tokenizer``: used only to decode generated text (stop strings, streaming callbacks).
     ``head_weights``: which query heads score tokens for the hybrid's exact slots (None: all).
     """
 
-    model: PreTrainedModel
-    policy: CachePolicy
-    tokenizer: object | None = None
-    max_chunk: int = 2048
-    lowpass_method: str = "auto"
-    head_weights: torch.Tensor | None = None  # (layers, q_heads): retrieval heads for hybrid scoring
-    cache: WindowedCache = field(init=False)
-    _last_hidden: torch.Tensor | None = field(init=False, default=None)
-    _pending: list[int] = field(init=False, default_factory=list)
-    _should_stop: Callable[[], bool] | None = field(init=False, default=None)
-    # Hybrid only: ids of the last `window` tokens (where new exact picks come from) and, for
-    # each exact entry by stream index, the ids around it when it was picked (where quotes come
-    # from): bounded by N and E * (1 + QUOTE_LEFT + QUOTE_RIGHT), whatever the document's length.
-    _recent_ids: deque[int] = field(init=False, default_factory=deque)
-    _exact_context: dict[int, tuple[int, tuple[int, ...]]] = field(init=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.max_chunk < 1:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        policy: CachePolicy,
+        tokenizer: object | None = None,
+        max_chunk: int = 2048,
+        lowpass_method: str = "auto",
+        head_weights: torch.Tensor | None = None,  # (layers, q_heads)
+    ) -> None:
+        if max_chunk < 1:
             raise ValueError("max_chunk must be positive")
+        self.model = model
+        self.requested_policy = policy
+        self.tokenizer = tokenizer
+        self.max_chunk = max_chunk
+        self.lowpass_method = lowpass_method
+        self.head_weights = head_weights
         self.reset()
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def policy(self) -> CachePolicy:
+        """The policy in force."""
+        return self.cache.policy
+
+    @property
+    def selector(self) -> Selector | None:
+        """How the hybrid chooses exact slots (None: not a hybrid cache)."""
+        return self.cache.selector
+
+    @property
+    def pending_tokens(self) -> list[int]:
+        """Tokens decided but not yet read into the cache (the end-of-turn token of an answer)."""
+        return list(self._pending)
+
     def reset(self) -> None:
         """Forget everything: a new, empty cache."""
         self.cache = WindowedCache(
-            self.policy,
+            self.requested_policy,
             self.model.config.num_hidden_layers,
             self.model.model.rotary_emb,
             lowpass_method=self.lowpass_method,
         )
-        self._last_hidden = None
-        self._pending = []
-        self._recent_ids = deque(maxlen=self.policy.window if self.policy.kind == "hybrid" else 0)
-        self._exact_context = {}
+        self._last_hidden: torch.Tensor | None = None
+        self._pending: list[int] = []
+        self._should_stop: Callable[[], bool] | None = None
+        # Hybrid only: what quotes of the exact passages are made of.
+        self.passages = ExactPassages(self.policy.window) if self.selector is not None else None
 
     def stats(self) -> CacheStats:
         return self.cache.stats()
@@ -96,70 +109,25 @@ class StreamingEngine:
             out = self.model.model(
                 input_ids=input_ids, position_ids=positions, past_key_values=self.cache, use_cache=True
             )
-        self._recent_ids.extend(ids)
+        if self.passages is not None:
+            self.passages.read(ids)
         return out.last_hidden_state
 
     def _compress(self) -> None:
         self.cache.compress()
-        if self.policy.kind != "hybrid":
-            return
-        # New picks come from the last window of tokens, their context too (the recent window
-        # after a candidate has been read); the others were already held.
-        seen = self.cache.tokens_seen
-        first = seen - len(self._recent_ids)
-        held, recent = self._exact_context, self._recent_ids
-        tokens = self.cache.exact_tokens
-        context = {}
-        for t in tokens[0].tolist() if tokens is not None else []:
-            if t in held:
-                context[t] = held[t]
-            else:
-                start = max(first, t - QUOTE_LEFT)
-                context[t] = (
-                    start,
-                    tuple(recent[i - first] for i in range(start, min(seen, t + QUOTE_RIGHT + 1))),
-                )
-        self._exact_context = context
+        if self.passages is not None:
+            self.passages.after_round(self.cache.tokens_seen, self.cache.exact_tokens)
 
     def exact_passages(self, limit: int, left: int = QUOTE_LEFT, right: int = QUOTE_RIGHT) -> list[list[int]]:
         """Token ids of the ``limit`` best runs of consecutive exact entries (hybrid with a
         question), in stream order: the passages the question's attention kept, each widened
-        by up to ``left`` / ``right`` of the tokens read around it (a kept span often stops just
-        short of the answer: "a copy of the Shikoku Shimb|un"), overlapping ones merged."""
-        tokens, scores = self.cache.exact_tokens, self.cache.hybrid.scores
-        if tokens is None or scores is None or limit <= 0 or self.cache.queries is None:
+        by up to ``left`` / ``right`` of the tokens read around it, overlapping ones merged."""
+        tokens, scores = self.cache.exact_tokens, self.cache.exact_scores
+        selector, passages = self.selector, self.passages
+        if tokens is None or scores is None or limit <= 0 or selector is None or not selector.asked:
             return []
-        left, right = min(left, QUOTE_LEFT), min(right, QUOTE_RIGHT)
-        runs: list[tuple[float, list[int]]] = []
-        for token, score in zip(tokens[0].tolist(), scores[0].tolist(), strict=True):
-            if runs and token == runs[-1][1][-1] + 1:
-                runs[-1][1].append(token)
-                runs[-1] = (max(runs[-1][0], score), runs[-1][1])
-            else:
-                runs.append((score, [token]))
-        best = sorted(
-            (run for _, run in sorted(runs, key=lambda run: -run[0])[:limit]), key=lambda run: run[0]
-        )
-        known: dict[int, int] = {}  # stream index -> id, from the contexts of the chosen runs
-        for run in best:
-            for t in run:
-                start, ids = self._exact_context[t]
-                known.update((start + k, token) for k, token in enumerate(ids))
-        passages: list[list[int]] = []
-        last_end = None
-        for run in best:
-            begin, end = run[0], run[-1] + 1
-            while begin - 1 in known and run[0] - begin < left:
-                begin -= 1
-            while end in known and end - run[-1] <= right:
-                end += 1
-            if last_end is not None and begin <= last_end:  # overlaps the previous one: merge
-                passages[-1].extend(known[i] for i in range(last_end, end))
-                last_end = max(last_end, end)
-                continue
-            passages.append([known[i] for i in range(begin, end)])
-            last_end = end
-        return passages
+        assert passages is not None
+        return passages.best(tokens, scores, limit, left, right)
 
     def _feed_hidden(self, ids: Sequence[int]) -> Iterable[tuple[Sequence[int], torch.Tensor]]:
         """Append ``ids`` with compression as the window fills; yields (chunk, hidden) per forward."""
@@ -175,26 +143,11 @@ class StreamingEngine:
             chunk = ids[pos : pos + size]
             start = self.cache.length
             hidden = self._forward(chunk)
-            if self.policy.kind == "hybrid" and self.policy.selector == "surprise":
-                self._record_surprise(start, chunk, hidden, previous)
+            if self.selector is not None:
+                self.selector.observe(start, chunk, hidden, previous, self.logits)
             previous = hidden[:, -1]
             pos += size
             yield chunk, hidden
-
-    @torch.inference_mode()
-    def _record_surprise(
-        self, start: int, chunk: Sequence[int], hidden: torch.Tensor, previous: torch.Tensor | None
-    ) -> None:
-        """How unexpected each new token was (its NLL given what came before): names, numbers and
-        dates a question may ask for are the tokens a language model predicts worst."""
-        inputs = hidden[:, :-1] if previous is None else torch.cat([previous[:, None], hidden[:, :-1]], dim=1)
-        targets = torch.tensor([list(chunk)], device=hidden.device)
-        if previous is None:
-            targets = targets[:, 1:]
-        nll = -torch.log_softmax(self.logits(inputs), dim=-1).gather(-1, targets[..., None])[..., 0]
-        if previous is None:  # the very first token: nothing predicted it
-            nll = torch.cat([nll.new_zeros((nll.shape[0], 1)), nll], dim=1)
-        self.cache.record_surprise(start, nll)
 
     def feed(
         self,
@@ -218,15 +171,15 @@ class StreamingEngine:
         self._should_stop = should_stop
         if pin and self.cache.length != self.cache.pinned:
             raise ValueError("pin=True only for a prefix: everything fed before must be pinned too")
-        capture = question and self.policy.kind == "hybrid"
-        with _QueryCapture(self.model) if capture else nullcontext() as captured:
+        capture = question and self.selector is not None
+        with QueryCapture(self.model) if capture else nullcontext() as captured:
             self._feed(token_ids, pin, on_progress)
         if captured is not None:
             # Only the question's own tokens: the instruction's and the "Document:" cue's queries
             # point at line starts and headings (measured: the pass-key sentence ranked 2nd-6th
             # of 900 tokens with the last 32 prompt tokens, 1st in 10 of 10 with the question's).
             queries = [q[:, :, -QUESTION_QUERIES:] for q in captured.queries()]
-            self.cache.set_queries(queries, self.head_weights)
+            self.selector.ask(queries, self.head_weights)
         if self._last_hidden is None:
             return None
         return self.logits(self._last_hidden)
@@ -378,39 +331,6 @@ class StreamingEngine:
 
 
 QUESTION_QUERIES = 64  # last question tokens whose queries score tokens for the exact slots
-
-
-class _QueryCapture:
-    """Records every layer's query states (pre-RoPE, after any per-head norm) while active."""
-
-    def __init__(self, model: PreTrainedModel) -> None:
-        self.layers = model.model.layers
-        self.pieces: list[list[torch.Tensor]] = [[] for _ in self.layers]
-        self.handles: list = []
-
-    def __enter__(self) -> _QueryCapture:
-        for index, layer in enumerate(self.layers):
-            self.handles.append(layer.self_attn.q_proj.register_forward_hook(self._hook(index)))
-        return self
-
-    def _hook(self, index: int) -> Callable:
-        attention = self.layers[index].self_attn
-        head_dim = attention.head_dim
-
-        def record(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
-            q = output.view(*output.shape[:-1], -1, head_dim)
-            if hasattr(attention, "q_norm"):  # Qwen3 normalises each head before RoPE
-                q = attention.q_norm(q)
-            self.pieces[index].append(q.transpose(1, 2).detach())
-
-        return record
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def queries(self) -> list[torch.Tensor]:
-        return [torch.cat(pieces, dim=-2) for pieces in self.pieces]
 
 
 def _attention_kernels(device: torch.device, query_length: int) -> AbstractContextManager:

@@ -19,6 +19,7 @@ import torch
 
 from ..cache.head_profile import HeadProfile
 from ..cache.policy import CachePolicy
+from ..cache.selectors import AttentionSelector
 from ..errors import UsageError
 from ..models.loading import LoadedModel
 from ..session.session import Session
@@ -65,10 +66,13 @@ def fact_ranks(
     window = len(doc) + 256
     session = Session(loaded, CachePolicy(kind="hybrid", window=window, sink=4, recent=0, exact=0.25))
     session.read_document(text_document(document.text), task="qa", question=question)
-    cache = session.engine.cache
-    if cache.compressions or cache.queries is None:
+    engine = session.engine
+    selector = engine.selector
+    asked = isinstance(selector, AttentionSelector) and selector.queries is not None
+    if engine.stats().compressions or not asked:
         raise RuntimeError("calibration prompt did not fit its window")  # pragma: no cover
-    start = cache.pinned
+    assert isinstance(selector, AttentionSelector)
+    start = engine.cache.pinned
     # The fact's tokens, give or take one where tokenization merges across its edges.
     before_fact = document.text[: document.at]
     first = max(len(encode(before_fact)) - 1, 0)
@@ -76,8 +80,9 @@ def fact_ranks(
     slots = torch.arange(first, last)
     ranks = []
     with torch.inference_mode():
-        for index, layer in enumerate(cache.layers):
-            scores = cache.question_scores(index, layer.keys[:, :, start : start + len(doc)])[0]
+        for index in range(loaded.model.config.num_hidden_layers):
+            keys, _ = engine.cache.entries(index)
+            scores = selector.question_scores(index, keys[:, :, start : start + len(doc)])[0]
             order = scores.argsort(dim=-1, descending=True)
             rank = torch.empty_like(order)
             rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))

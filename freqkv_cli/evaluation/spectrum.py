@@ -100,12 +100,11 @@ def layer_states(
     engine = StreamingEngine(model, CachePolicy(kind="full"), max_chunk=max_chunk)
     engine.feed(list(ids), on_progress=on_progress)
     rotation = KeyRotation(model.model.rotary_emb)
-    for layer in engine.cache.layers:
-        length = layer.length
+    for index in range(model.config.num_hidden_layers):
+        keys, values = engine.cache.entries(index)
         # Entry i of a full cache has RoPE position i.
-        positions = torch.arange(length, device=layer.keys.device)
-        keys = rotation.unrotate(layer.keys[:, :, :length].float(), positions)[:, :, skip:]
-        yield keys, layer.values[:, :, skip:length].float()
+        positions = torch.arange(keys.shape[-2], device=keys.device)
+        yield rotation.unrotate(keys.float(), positions)[:, :, skip:], values[:, :, skip:].float()
 
 
 def model_spectrum(

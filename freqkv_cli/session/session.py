@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from ..cache.policy import CachePolicy
 from ..cache.window_cache import CacheStats
 from ..documents import Document
+from ..engine.passages import QUOTE_LEFT, QUOTE_RIGHT
 from ..engine.sampling import Sampler
-from ..engine.streaming import QUOTE_LEFT, QUOTE_RIGHT, GenerationResult, StreamingEngine
+from ..engine.streaming import GenerationResult, StreamingEngine
 from ..errors import ContextLimitError
 from ..models.loading import LoadedModel
 from .prompts import document_prompt, turn_template
@@ -89,7 +90,7 @@ class Session:
     @property
     def tokens_held(self) -> int:
         """Tokens this conversation has streamed (what --ctx limits), not cache entries."""
-        return self.engine.cache.tokens_seen + len(self.engine._pending)
+        return self.engine.cache.tokens_seen + len(self.engine.pending_tokens)
 
     def reset(self) -> None:
         self.engine.reset()
@@ -103,7 +104,7 @@ class Session:
             return self.template.first_before
         opening = self.template.before
         # The last answer ended with its end-of-turn token, which is already in the history.
-        pending = self.engine._pending
+        pending = self.engine.pending_tokens
         if pending:
             closer = self.tokenizer.decode(pending)  # type: ignore[attr-defined]
             if opening.startswith(closer):
@@ -150,7 +151,7 @@ class Session:
         suffix = self.encode(after + self.template.after)
         if question is not None and reread > 0:  # room for the quotes: E exact tokens, the text
             # around each, and the "- ...", "..." of its line
-            reserve += self.engine.policy.exact_slots() + (QUOTE_LEFT + QUOTE_RIGHT + 8) * reread
+            reserve += self.policy.exact_slots() + (QUOTE_LEFT + QUOTE_RIGHT + 8) * reread
         self._check_room(len(prefix) + len(suffix) + reserve)
         budget = None
         if self.ctx is not None:

@@ -33,7 +33,7 @@ from ..cache.compress_round import (
 )
 from ..cache.policy import CachePolicy
 from ..cache.rotary import KeyRotation
-from ..cache.window_cache import select_spans
+from ..cache.selectors import Candidates, RandomSelector
 
 ATTENTION_NAME = "freqkv_grouped"
 SCHEDULE_KWARG = "freqkv_schedule"
@@ -69,26 +69,17 @@ class GroupSchedule:
         groups, positions = [], []
         plans: list[HybridPlan] = []
         state = HybridState()
-        generator = torch.Generator().manual_seed(policy.seed)
+        selector = RandomSelector(seed=policy.seed)
+        host = torch.device("cpu")
         start, filled = 0, 0
         while start < length:
             if start:  # a round before every group but the first
                 if policy.kind == "hybrid":
-                    # The same plan, and the same noise, as WindowedCache with this policy.
-                    candidates = policy.window - policy.recent - (policy.sink + state.e + state.c)
-                    scores = torch.rand(1, candidates, generator=generator)
-                    plan, state = plan_hybrid_round(
-                        state,
-                        scores,
-                        select_spans,
-                        head=policy.sink,
-                        recent=policy.recent,
-                        window=policy.window,
-                        quota=policy.quota(),
-                        exact_slots=policy.exact_slots(),
-                        ratio=policy.ratio,
-                        tokens_seen=start,
-                    )
+                    # The same selector, plan and noise as WindowedCache with this policy.
+                    head = policy.sink
+                    candidates = Candidates(state.tail(head), state.candidates(policy, head), host)
+                    scores = selector.score(candidates)
+                    plan, state = plan_hybrid_round(state, scores, policy, head=head, tokens_seen=start)
                     plans.append(_to(plan, device))
                     filled = plan.length
                 else:

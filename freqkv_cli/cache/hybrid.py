@@ -1,0 +1,68 @@
+"""The hybrid's rounds: FreqKV's schedule with up to ``E`` of the entries it keeps left exact.
+
+Layout of every layer: ``[head | exact e | compressed c | tail (exact, in stream order)]``; one
+choice of exact entries for all layers and heads, made by a :class:`.selectors.Selector`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .compress_round import HybridState, gather_slots, hybrid_round, plan_hybrid_round
+from .layers import WindowLayer
+from .policy import CachePolicy
+from .rounds import Rounds, allows_tf32, read_stacked, write_pieces
+from .selectors import Candidates, Selector
+
+
+@dataclass
+class HybridRounds(Rounds):
+    """Scores the tail tokens leaving the recent window (``selector``), keeps the best spans in
+    the exact slots (in stream order) and low-passes the rest with the compressed part."""
+
+    selector: Selector = field(default_factory=Selector)
+    state: HybridState = field(default_factory=HybridState)
+
+    def compress(
+        self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
+    ) -> None:
+        window, recent = policy.window, policy.recent
+        tail = self.state.tail(head)
+        device = layers[0].keys.device
+        keys = [layer.keys for layer in layers]
+        candidates = Candidates(tail, self.state.candidates(policy, head), device, keys)
+        scores = self.selector.score(candidates)  # (B, n)
+        plan, self.state = plan_hybrid_round(self.state, scores, policy, head=head, tokens_seen=tokens_seen)
+        tf32 = allows_tf32(layers)
+        for first in range(0, len(layers), group := self.group(layers, window)):
+            part = layers[first : first + group]
+            # One stacked copy per group, gathered from: two gathers a round, not two per layer.
+            keys, values = read_stacked(part, 0, window)  # (layers, B, H, N, D)
+
+            def gather(slots: torch.Tensor, k: torch.Tensor = keys, v: torch.Tensor = values) -> tuple:
+                return gather_slots(k, slots), gather_slots(v, slots)
+
+            def read(begin: int, end: int, k: torch.Tensor = keys, v: torch.Tensor = values) -> tuple:
+                return k[..., begin:end, :], v[..., begin:end, :]
+
+            pieces = hybrid_round(gather, read, plan, self.rotation, method=self.method, tf32=tf32)
+            write_pieces(part, head, pieces)  # everything was read above: now overwrite
+        self.selector.moved(window - recent, plan.length - recent, recent)
+
+    @staticmethod
+    def group(layers: Sequence[WindowLayer], window: int) -> int:
+        """Layers per stacked step: one on CPUs (measured fastest, as for FreqKV); on GPUs as many
+        as keep each float32 scratch tensor under 256 MiB. A small model's round is mostly kernel
+        launches, a 7B model's is memory traffic."""
+        keys = layers[0].keys
+        if keys.device.type == "cpu":
+            return 1
+        per_layer = keys.shape[0] * keys.shape[1] * window * keys.shape[-1] * 4
+        return max(1, min(len(layers), (256 << 20) // max(per_layer, 1)))
+
+    def reset(self) -> None:
+        self.state = HybridState()
+        self.selector.reset()
