@@ -22,10 +22,12 @@ from ..errors import (
 from .commands.calibrate import calibrate
 from .commands.chat import chat
 from .commands.count import count
-from .commands.evaluate import eval_app, spectrum
+from .commands.eval_needle import needle
+from .commands.eval_ppl import ppl
 from .commands.finetune import finetune
 from .commands.info import info
 from .commands.qa import qa
+from .commands.spectrum import spectrum
 from .commands.summarize import summarize
 
 EPILOG = (
@@ -43,10 +45,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+eval_app = typer.Typer(
+    help="Measure what a cache policy costs on your model and text: long-text perplexity (ppl) "
+    "and needle-in-a-haystack retrieval (needle), every policy side by side.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 for command in (summarize, qa, chat, count, info, spectrum, finetune, calibrate):
     app.command(epilog=EPILOG)(command)
-for registered in eval_app.registered_commands:
-    registered.epilog = EPILOG
+for command in (ppl, needle):
+    eval_app.command(epilog=EPILOG)(command)
 app.add_typer(eval_app, name="eval")
 
 

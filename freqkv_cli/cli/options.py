@@ -1,265 +1,350 @@
-"""Options shared by the commands, and turning them into a model, a policy and a sampler."""
+"""Every option of the commands, defined once, and the groups the commands take them in.
+
+A group is a dataclass whose fields are options (``ModelChoice``: --model, --base, --device...).
+``@takes(model=MODEL, cache=CACHE, ...)`` puts a group's options into a command's signature, the
+one Typer reads, and hands the command the dataclass built from them, as simonw/llm's option
+decorators do for click. A command that takes a group in part says which options
+(``OUTPUT.only("as_json", "quiet")``) or other defaults (``ANSWER.defaults(max_new_tokens=200)``).
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from dataclasses import dataclass
-from typing import Annotated
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Annotated, Any
 
 import typer
 
-from ..cache.policy import POLICIES, SELECTORS, CachePolicy
+from ..cache.policy import POLICIES, CacheSettings
+from ..documents import Document, open_document
 from ..engine.sampling import Sampler
-from ..errors import UsageError
-from ..models.loading import LoadedModel
+from ..models.loading import LoadedModel, load_model
 from ..sizes import parse_size
+from .output import Readout
 
 MODEL_PANEL = "Model and cache"
 OUTPUT_PANEL = "Output"
 INPUT_PANEL = "Input"
 
+
+def option(*flags: str, panel: str = MODEL_PANEL, **settings: Any) -> Any:
+    """A typer option in one of the help panels."""
+    return typer.Option(*flags, rich_help_panel=panel, **settings)
+
+
+PathArg = Annotated[
+    str, typer.Argument(help="A PDF, a text file, or - for standard input.", show_default=False)
+]
+
+# -- model and cache ---------------------------------------------------------------------------
 ModelOpt = Annotated[
     str,
-    typer.Option(
+    option(
         "--model",
         "-m",
         envvar="FREQKV_MODEL",
-        rich_help_panel=MODEL_PANEL,
         help="'default' (embedded SmolLM2-135M-Instruct), a Hugging Face model folder, a .gguf file, "
         "or a LoRA adapter folder.",
     ),
 ]
 BaseOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--base", rich_help_panel=MODEL_PANEL, help="Base model for a LoRA adapter (overrides its config)."
-    ),
+    str | None, option("--base", help="Base model for a LoRA adapter (overrides its config).")
 ]
 UntunedOpt = Annotated[
     bool,
-    typer.Option(
+    option(
         "--untuned",
         envvar="FREQKV_UNTUNED",
-        rich_help_panel=MODEL_PANEL,
         help="With the default model: the plain SmolLM2 weights, without the shipped FreqKV-tuned adapter "
         "(for comparison).",
     ),
 ]
+DeviceOpt = Annotated[str, option("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps.")]
+DtypeOpt = Annotated[
+    str, option("--dtype", help="auto (bf16 on CUDA, float32 on CPU), float32, bfloat16, float16.")
+]
+TrustOpt = Annotated[
+    bool,
+    option("--trust-remote-code", help="Allow a model folder's own Python code to run (off by default)."),
+]
 WindowOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--window",
         "-w",
-        rich_help_panel=MODEL_PANEL,
         help="Cache window N per layer, e.g. 1024, 4k "
         "[the checkpoint's freqkv.json, else min(4k, model window)].",
     ),
 ]
 CtxOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--ctx",
         "-c",
-        rich_help_panel=MODEL_PANEL,
         help="Most tokens the session may hold in all (document + conversation), e.g. 32k [no limit].",
     ),
 ]
-SinkOpt = Annotated[
-    int | None, typer.Option("--sink", rich_help_panel=MODEL_PANEL, help="Sink tokens S [4].")
-]
-RecentOpt = Annotated[
-    int | None, typer.Option("--recent", rich_help_panel=MODEL_PANEL, help="Recent tokens R kept exact [0].")
-]
-RatioOpt = Annotated[
-    float | None,
-    typer.Option("--ratio", rich_help_panel=MODEL_PANEL, help="Share r of the span kept, 0<r<1 [0.5]."),
-]
+SinkOpt = Annotated[int | None, option("--sink", help="Sink tokens S [4].")]
+RecentOpt = Annotated[int | None, option("--recent", help="Recent tokens R kept exact [0].")]
+RatioOpt = Annotated[float | None, option("--ratio", help="Share r of the span kept, 0<r<1 [0.5].")]
 ExactOpt = Annotated[
     float | None,
-    typer.Option(
-        "--exact",
-        rich_help_panel=MODEL_PANEL,
-        help="hybrid cache: share of the window kept for exact, selected tokens, 0<e<1 [0.25].",
+    option(
+        "--exact", help="hybrid cache: share of the window kept for exact, selected tokens, 0<e<1 [0.25]."
     ),
 ]
 RereadOpt = Annotated[
     int,
-    typer.Option(
+    option(
         "--reread",
         min=0,
-        rich_help_panel=MODEL_PANEL,
         help="hybrid cache: quote this many of the passages the question kept exact again just "
         "before the question, with the text around them (0: off) [8].",
     ),
 ]
 SelectOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--select",
-        rich_help_panel=MODEL_PANEL,
         help="hybrid cache: how exact tokens are chosen: attention (the question's, through the "
         "model's retrieval heads; none without a question), keynorm, surprise [attention].",
     ),
 ]
-CacheOpt = Annotated[
-    str, typer.Option("--cache", rich_help_panel=MODEL_PANEL, help=f"Cache policy: {', '.join(POLICIES)}.")
-]
-DeviceOpt = Annotated[
-    str,
-    typer.Option(
-        "--device", rich_help_panel=MODEL_PANEL, help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps."
-    ),
-]
-DtypeOpt = Annotated[
-    str,
-    typer.Option(
-        "--dtype",
-        rich_help_panel=MODEL_PANEL,
-        help="auto (bf16 on CUDA, float32 on CPU), float32, bfloat16, float16.",
-    ),
-]
-TrustOpt = Annotated[
-    bool,
-    typer.Option(
-        "--trust-remote-code",
-        rich_help_panel=MODEL_PANEL,
-        help="Allow a model folder's own Python code to run (off by default).",
-    ),
-]
+CacheOpt = Annotated[str, option("--cache", help=f"Cache policy: {', '.join(POLICIES)}.")]
+
+# -- answers -----------------------------------------------------------------------------------
 MaxNewOpt = Annotated[
-    int,
-    typer.Option(
-        "--max-new-tokens", "-n", min=1, rich_help_panel=OUTPUT_PANEL, help="Longest answer, in tokens."
-    ),
+    int, option("--max-new-tokens", "-n", min=1, panel=OUTPUT_PANEL, help="Longest answer, in tokens.")
 ]
 TemperatureOpt = Annotated[
-    float, typer.Option("--temperature", "-t", min=0.0, rich_help_panel=OUTPUT_PANEL, help="0 = greedy.")
+    float, option("--temperature", "-t", min=0.0, panel=OUTPUT_PANEL, help="0 = greedy.")
 ]
-TopPOpt = Annotated[
-    float, typer.Option("--top-p", rich_help_panel=OUTPUT_PANEL, help="Nucleus sampling mass (0, 1].")
-]
+TopPOpt = Annotated[float, option("--top-p", panel=OUTPUT_PANEL, help="Nucleus sampling mass (0, 1].")]
 RepetitionOpt = Annotated[
-    float,
-    typer.Option(
-        "--repetition-penalty", rich_help_panel=OUTPUT_PANEL, help="1 = off; >1 discourages repeating."
-    ),
+    float, option("--repetition-penalty", panel=OUTPUT_PANEL, help="1 = off; >1 discourages repeating.")
 ]
-SeedOpt = Annotated[
-    int | None, typer.Option("--seed", rich_help_panel=OUTPUT_PANEL, help="Seed for sampling.")
-]
-SystemOpt = Annotated[
-    str | None, typer.Option("--system", rich_help_panel=OUTPUT_PANEL, help="System prompt.")
-]
+SeedOpt = Annotated[int | None, option("--seed", panel=OUTPUT_PANEL, help="Seed for sampling.")]
+SystemOpt = Annotated[str | None, option("--system", panel=OUTPUT_PANEL, help="System prompt.")]
+
+# -- input and output --------------------------------------------------------------------------
 PagesOpt = Annotated[
-    str | None,
-    typer.Option("--pages", rich_help_panel=INPUT_PANEL, help="PDF pages to read, e.g. 3-40 or 1,4-6."),
+    str | None, option("--pages", panel=INPUT_PANEL, help="PDF pages to read, e.g. 3-40 or 1,4-6.")
 ]
 PasswordOpt = Annotated[
     str | None,
-    typer.Option(
-        "--password",
-        envvar="FREQKV_PDF_PASSWORD",
-        rich_help_panel=INPUT_PANEL,
-        help="Password of an encrypted PDF.",
+    option(
+        "--password", envvar="FREQKV_PDF_PASSWORD", panel=INPUT_PANEL, help="Password of an encrypted PDF."
     ),
 ]
 JsonOpt = Annotated[
-    bool,
-    typer.Option("--json", rich_help_panel=OUTPUT_PANEL, help="Print one JSON object at the end instead."),
+    bool, option("--json", panel=OUTPUT_PANEL, help="Print one JSON object at the end instead.")
 ]
 QuietOpt = Annotated[
-    bool,
-    typer.Option("--quiet", "-q", rich_help_panel=OUTPUT_PANEL, help="No progress or statistics on stderr."),
+    bool, option("--quiet", "-q", panel=OUTPUT_PANEL, help="No progress or statistics on stderr.")
 ]
 ProgressOpt = Annotated[
-    bool,
-    typer.Option(
-        "--progress", rich_help_panel=OUTPUT_PANEL, help="Show progress even when stderr is not a terminal."
-    ),
+    bool, option("--progress", panel=OUTPUT_PANEL, help="Show progress even when stderr is not a terminal.")
 ]
 NoColorOpt = Annotated[
-    bool,
-    typer.Option("--no-color", rich_help_panel=OUTPUT_PANEL, help="No colours (NO_COLOR is honoured too)."),
+    bool, option("--no-color", panel=OUTPUT_PANEL, help="No colours (NO_COLOR is honoured too).")
+]
+PlotOpt = Annotated[
+    str | None,
+    option(
+        "--plot",
+        panel=OUTPUT_PANEL,
+        help="Also draw a figure to this file (.png, .svg, .pdf); needs matplotlib.",
+    ),
 ]
 
 
+# -- the groups --------------------------------------------------------------------------------
 @dataclass
 class ModelChoice:
-    model: str = "default"
-    base: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    untuned: bool = False
+    """Which model, on which device, in which precision."""
+
+    model: ModelOpt = "default"
+    base: BaseOpt = None
+    untuned: UntunedOpt = False
+    device: DeviceOpt = "auto"
+    dtype: DtypeOpt = "auto"
+    trust_remote_code: TrustOpt = False
+
+    def load(self, readout: Readout) -> LoadedModel:
+        with readout.status(f"loading model {self.model} ..."):
+            return load_model(
+                self.model,
+                device=self.device,
+                dtype=self.dtype,
+                base=self.base,
+                trust_remote_code=self.trust_remote_code,
+                untuned=self.untuned,
+            )
+
+
+def _size(text: str | None) -> int | None:
+    return None if text is None else parse_size(text)
 
 
 @dataclass
 class CacheChoice:
-    """Cache flags as given; None means 'from the checkpoint, else the default'."""
+    """The cache flags as given: ``settings`` holds them for the library to resolve (None: the
+    checkpoint's, else the model's); sizes such as 4k are parsed here, so a bad one fails first."""
 
-    kind: str = "freqkv"
-    window: str | None = None
-    sink: int | None = None
-    recent: int | None = None
-    ratio: float | None = None
-    ctx: str | None = None
-    exact: float | None = None
-    selector: str | None = None
+    cache: CacheOpt = "hybrid"
+    window: WindowOpt = None
+    ctx: CtxOpt = None
+    sink: SinkOpt = None
+    recent: RecentOpt = None
+    ratio: RatioOpt = None
+    exact: ExactOpt = None
+    select: SelectOpt = None
+    settings: CacheSettings = field(init=False)
+    ctx_tokens: int | None = field(init=False)
 
-    def check(self) -> None:
-        """Validate what can be validated before loading a model (bad values fail fast)."""
-        if self.kind not in POLICIES:
-            raise UsageError(f"--cache '{self.kind}' is not a policy: use one of {', '.join(POLICIES)}")
-        if self.window is not None:
-            parse_size(self.window)
-        if self.ctx is not None:
-            parse_size(self.ctx)
-        if self.ratio is not None and not 0 < self.ratio < 1:
-            raise UsageError(f"--ratio {self.ratio} must be strictly between 0 and 1")
-        if self.exact is not None and not 0 < self.exact < 1:
-            raise UsageError(f"--exact {self.exact} must be strictly between 0 and 1")
-        if self.selector is not None and self.selector not in SELECTORS:
-            raise UsageError(
-                f"--select '{self.selector}' is not a selector: use one of {', '.join(SELECTORS)}"
+    def __post_init__(self) -> None:
+        self.settings = CacheSettings(
+            kind=self.cache,
+            window=_size(self.window),
+            sink=self.sink,
+            recent=self.recent,
+            ratio=self.ratio,
+            exact=self.exact,
+            selector=self.select,
+        )
+        self.ctx_tokens = _size(self.ctx)
+
+
+@dataclass
+class AnswerChoice:
+    """How long an answer may be, how it is sampled, and the system prompt."""
+
+    max_new_tokens: MaxNewOpt = 400
+    temperature: TemperatureOpt = 0.0
+    top_p: TopPOpt = 1.0
+    seed: SeedOpt = None
+    repetition_penalty: RepetitionOpt = 1.1
+    system: SystemOpt = None
+
+    def sampler(self) -> Sampler:
+        return Sampler(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            repetition_penalty=self.repetition_penalty,
+        )
+
+
+@dataclass
+class InputChoice:
+    """Which pages of a PDF, and its password."""
+
+    pages: PagesOpt = None
+    password: PasswordOpt = None
+
+    def open(self, path: str) -> Document:
+        return open_document(path, password=self.password, pages=self.pages)
+
+
+@dataclass
+class OutputChoice:
+    """JSON or text on stdout; how much goes to stderr, in colour or not."""
+
+    as_json: JsonOpt = False
+    quiet: QuietOpt = False
+    progress: ProgressOpt = False
+    no_color: NoColorOpt = False
+    readout: Readout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.no_color = self.no_color or bool(os.environ.get("NO_COLOR"))
+        self.readout = Readout(quiet=self.quiet, force_progress=self.progress, no_color=self.no_color)
+
+
+class Options:
+    """A group's options as a command takes them: all, or ``only`` some; ``defaults`` changes
+    what an option defaults to, or fixes the value of one the command does not offer."""
+
+    def __init__(
+        self, group: type, names: tuple[str, ...] | None = None, defaults: dict[str, Any] | None = None
+    ) -> None:
+        self.group = group
+        self.hints = typing.get_type_hints(group, include_extras=True)
+        self.fields = {f.name: f for f in fields(group) if f.init}
+        self.names = tuple(self.fields) if names is None else names
+        self.given = dict(defaults or {})
+        unknown = [name for name in (*self.names, *self.given) if name not in self.fields]
+        if unknown:
+            raise TypeError(f"{group.__name__} has no option {', '.join(unknown)}")
+
+    def only(self, *names: str) -> Options:
+        return Options(self.group, names, self.given)
+
+    def without(self, *names: str) -> Options:
+        return self.only(*(name for name in self.names if name not in names))
+
+    def defaults(self, **values: Any) -> Options:
+        return Options(self.group, self.names, {**self.given, **values})
+
+    def parameters(self) -> list[inspect.Parameter]:
+        return [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=self._default(name), annotation=self.hints[name]
             )
-        if self.sink is not None and self.sink < 0:
-            raise UsageError("--sink must be 0 or more")
-        if self.recent is not None and self.recent < 0:
-            raise UsageError("--recent must be 0 or more")
+            for name in self.names
+        ]
 
-    def ctx_tokens(self) -> int | None:
-        return parse_size(self.ctx) if self.ctx is not None else None
+    def build(self, values: dict[str, Any]) -> Any:
+        """The group's dataclass from the command's arguments (its own are taken out of ``values``)."""
+        fixed = {name: value for name, value in self.given.items() if name not in self.names}
+        return self.group(**fixed, **{name: values.pop(name) for name in self.names})
 
-    def policy_for(self, loaded: LoadedModel) -> CachePolicy:
-        """Flags first, then the checkpoint's freqkv.json, then the defaults."""
-        tuned = loaded.settings
-        native = loaded.native_window or 4096
-
-        def pick(flag: object, key: str, default: object) -> object:
-            if flag is not None:
-                return flag
-            value = getattr(tuned, key, None) if tuned is not None else None
-            return default if value is None else value
-
-        window = (
-            parse_size(self.window) if self.window is not None else pick(None, "window", min(4096, native))
-        )
-        return CachePolicy(
-            kind=self.kind,
-            window=int(window),  # type: ignore[arg-type]
-            sink=int(pick(self.sink, "sink", 4)),  # type: ignore[arg-type]
-            recent=int(pick(self.recent, "recent", 0)),  # type: ignore[arg-type]
-            ratio=float(pick(self.ratio, "ratio", 0.5)),  # type: ignore[arg-type]
-            exact=float(self.exact if self.exact is not None else 0.25),
-            selector=self.selector or "attention",
-        )
+    def _default(self, name: str) -> Any:
+        if name in self.given:
+            return self.given[name]
+        default = self.fields[name].default
+        return inspect.Parameter.empty if default is MISSING else default
 
 
-def make_sampler(
-    temperature: float, top_p: float, seed: int | None, repetition_penalty: float = 1.0
-) -> Sampler:
-    return Sampler(temperature=temperature, top_p=top_p, seed=seed, repetition_penalty=repetition_penalty)
+MODEL = Options(ModelChoice)
+CACHE = Options(CacheChoice).without("select")
+COMPARED = Options(CacheChoice).without("cache", "ctx")  # eval: --cache lists the policies compared
+ANSWER = Options(AnswerChoice)
+INPUT = Options(InputChoice)
+OUTPUT = Options(OutputChoice)
 
 
-def color_disabled(no_color: bool) -> bool:
-    return no_color or bool(os.environ.get("NO_COLOR"))
+def takes(**groups: Options) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command option groups: each of its parameters named here stands, in the signature
+    Typer reads, for the group's options, and receives the group's dataclass built from them."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        hints = typing.get_type_hints(command, include_extras=True)
+        parameters: list[inspect.Parameter] = []
+        for parameter in inspect.signature(command).parameters.values():
+            if parameter.name in groups:
+                parameters += groups[parameter.name].parameters()
+            else:
+                annotation = hints.get(parameter.name, parameter.annotation)
+                parameters.append(
+                    parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=annotation)
+                )
+        names = [parameter.name for parameter in parameters]
+        clashes = {name for name in names if names.count(name) > 1}
+        if clashes:
+            raise TypeError(f"{command.__name__}: options named twice: {', '.join(sorted(clashes))}")
+
+        @functools.wraps(command)
+        def run(**values: Any) -> None:
+            built = {name: group.build(values) for name, group in groups.items()}
+            command(**values, **built)
+
+        run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        run.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+        return run
+
+    return decorate

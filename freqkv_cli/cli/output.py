@@ -1,7 +1,8 @@
-"""What the user sees on stderr: live progress, memory readouts, warnings, final statistics."""
+"""What the user sees: progress, memory readouts and warnings on stderr; tables and JSON on stdout."""
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
@@ -14,9 +15,11 @@ import torch
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
 from rich.text import Text
 
 from ..documents import Document
+from ..models.loading import LoadedModel
 from ..session.session import ReadProgress, Session
 from ..sizes import format_bytes, format_count
 
@@ -48,6 +51,7 @@ class Readout:
     def __init__(self, *, quiet: bool, force_progress: bool, no_color: bool) -> None:
         self.console = Console(stderr=True, no_color=no_color, highlight=False)
         self.quiet = quiet
+        self.no_color = no_color
         self.show_progress = not quiet and (force_progress or self.console.is_terminal)
 
     def info(self, message: str) -> None:
@@ -64,6 +68,19 @@ class Readout:
                 yield
         else:
             yield
+
+    def progress(self, label: str, *fields: str, bar_width: int = 24, spinner: bool = False) -> Progress:
+        """The one progress bar: ``label``, the bar, ``fields`` (rich column templates), the time
+        left. It draws nothing unless progress is shown, but takes tasks and updates all the same."""
+        return Progress(
+            *([SpinnerColumn()] if spinner else []),
+            TextColumn(label),
+            BarColumn(bar_width=bar_width),
+            *(TextColumn(field) for field in fields),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.show_progress,
+        )
 
     def memory_line(self, session: Session) -> str:
         stats = session.stats()
@@ -87,14 +104,8 @@ class Readout:
         by_pages = document.page_count is not None
         total = document.page_count if by_pages else total_chars
         unit = "pages" if by_pages else "chars"
-        progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]reading[/] {task.description}"),
-            BarColumn(bar_width=24),
-            TextColumn("{task.fields[done]}"),
-            TextColumn("{task.fields[speed]}"),
-            TimeRemainingColumn(),
-            console=self.console,
+        progress = self.progress(
+            "[bold]reading[/] {task.description}", "{task.fields[done]}", "{task.fields[speed]}", spinner=True
         )
         memory = Text("  starting ...", style="dim")
         started = time.perf_counter()
@@ -117,6 +128,46 @@ class Readout:
             yield on_progress
 
 
+# -- stdout ------------------------------------------------------------------------------------
+def write_json(data: dict[str, Any]) -> None:
+    """A command's result as one JSON object on one line of stdout."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+
+def table(*columns: str, first: str = "left") -> Table:
+    """A results table: the first column names the row (justified ``first``), the others are
+    right-aligned figures."""
+    grid = Table()
+    grid.add_column(columns[0], justify=first)  # type: ignore[arg-type]
+    for column in columns[1:]:
+        grid.add_column(column, justify="right")
+    return grid
+
+
+def tables_console(no_color: bool) -> Console:
+    """Where tables go: stdout, wide enough not to wrap them in a pipe or a file."""
+    console = Console(no_color=no_color, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console
+
+
+def show_table(console: Console, title: str, grid: Table) -> None:
+    """A heading line, then the table (a table title would wrap to the table's width)."""
+    console.print(title, style="bold", markup=False)
+    console.print(grid)
+
+
+def model_json(loaded: LoadedModel) -> dict[str, Any]:
+    """Which model ran where: the keys every JSON result starts with."""
+    return {
+        "model": loaded.name,
+        "family": loaded.family,
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+    }
+
+
 def result_json(
     *,
     session: Session,
@@ -132,10 +183,7 @@ def result_json(
     gpu = gpu_bytes(session.loaded.device)
     data: dict[str, Any] = {
         "answer": answer,
-        "model": session.loaded.name,
-        "family": session.loaded.family,
-        "device": str(session.loaded.device),
-        "dtype": str(session.loaded.dtype).removeprefix("torch."),
+        **model_json(session.loaded),
         "cache": policy.kind,
         "window": policy.window if policy.kind != "full" else None,
         "sink": policy.sink,

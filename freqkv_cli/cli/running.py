@@ -1,24 +1,21 @@
-"""Shared plumbing of the commands: Ctrl-C handling, loading, reading a document, answering."""
+"""Shared plumbing of the commands: Ctrl-C handling, sessions, reading a document, answering."""
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from ..documents import Document, open_document
-from ..engine.sampling import Sampler
+from ..documents import Document
 from ..errors import Interrupted
-from ..models.loading import LoadedModel, load_model
+from ..models.loading import LoadedModel
 from ..session.session import ReadReport, Session
 from ..sizes import format_count
-from .options import CacheChoice, ModelChoice
-from .readout import Readout, result_json
+from .options import AnswerChoice, CacheChoice, InputChoice, ModelChoice, OutputChoice
+from .output import Readout, result_json, write_json
 
 
 class StopFlag:
@@ -50,25 +47,9 @@ class StopFlag:
             signal.signal(signal.SIGINT, previous)
 
 
-def load(choice: ModelChoice, readout: Readout) -> LoadedModel:
-    with readout.status(f"loading model {choice.model} ..."):
-        loaded = load_model(
-            choice.model,
-            device=choice.device,
-            dtype=choice.dtype,
-            base=choice.base,
-            trust_remote_code=choice.trust_remote_code,
-            untuned=choice.untuned,
-        )
-    return loaded
-
-
-def open_input(path: str, password: str | None, pages: str | None) -> Document:
-    return open_document(path, password=password, pages=pages)
-
-
 def make_session(loaded: LoadedModel, cache: CacheChoice, system: str | None) -> Session:
-    return Session(loaded, cache.policy_for(loaded), ctx=cache.ctx_tokens(), system=system)
+    """A session under the policy the cache flags resolve to on this model."""
+    return Session(loaded, loaded.cache_policy(cache.settings), ctx=cache.ctx_tokens, system=system)
 
 
 def read_into(
@@ -109,12 +90,9 @@ class Answer:
     text: str
     tokens_out: int
     stop_reason: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def answer(
-    session: Session, sampler: Sampler, max_new_tokens: int, stop: StopFlag, *, stream: bool
-) -> Answer:
+def answer(session: Session, choice: AnswerChoice, stop: StopFlag, *, stream: bool) -> Answer:
     """Generate; with ``stream`` the text goes to stdout as it comes."""
 
     def write(piece: str) -> None:
@@ -122,7 +100,10 @@ def answer(
         sys.stdout.flush()
 
     result = session.generate(
-        max_new_tokens=max_new_tokens, sampler=sampler, on_text=write if stream else None, should_stop=stop
+        max_new_tokens=choice.max_new_tokens,
+        sampler=choice.sampler(),
+        on_text=write if stream else None,
+        should_stop=stop,
     )
     if stream:
         write("\n")
@@ -130,27 +111,23 @@ def answer(
 
 
 def run_document_task(
-    *,
     path: str,
+    *,
     task: str,
-    question: str | None,
+    question: str | None = None,
+    reread: int = 0,
     model: ModelChoice,
     cache: CacheChoice,
-    sampler: Sampler,
-    max_new_tokens: int,
-    system: str | None,
-    password: str | None,
-    pages: str | None,
-    readout: Readout,
-    as_json: bool,
-    reread: int = 0,
+    answering: AnswerChoice,
+    source: InputChoice,
+    output: OutputChoice,
 ) -> None:
     """summarize / qa: check input, load, stream the document, answer, report."""
-    cache.check()
+    cache.settings.check()
+    readout = output.readout
     started = time.perf_counter()
-    document = open_input(path, password, pages)  # before the model: bad input fails fast
-    loaded = load(model, readout)
-    session = make_session(loaded, cache, system)
+    document = source.open(path)  # before the model: bad input fails fast
+    session = make_session(model.load(readout), cache, answering.system)
     stop = StopFlag()
     with stop.armed():
         report = read_into(
@@ -160,15 +137,15 @@ def run_document_task(
             stop,
             task=task,
             question=question,
-            reserve=max_new_tokens,
+            reserve=answering.max_new_tokens,
             reread=reread,
         )
         tokens_in = session.tokens_held
         if stop():
             raise Interrupted("interrupted while reading")
-        result = answer(session, sampler, max_new_tokens, stop, stream=not as_json)
+        result = answer(session, answering, stop, stream=not output.as_json)
     seconds = time.perf_counter() - started
-    if as_json:
+    if output.as_json:
         data = result_json(
             session=session,
             answer=result.text,
@@ -185,7 +162,7 @@ def run_document_task(
                 "warnings": report.warnings,
             },
         )
-        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+        write_json(data)
     else:
         readout.info(
             f"{readout.memory_line(session)} · {format_count(report.tokens)} document tokens in "

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ...documents import open_document
 from ...errors import InputError, UsageError
 from ...evaluation.calibrate import FACTS, CalibrationTrial, calibrate_heads
 from ...models.loading import calibrated_heads_path
 from .. import options as o
-from ..readout import Readout
-from ..running import load, open_input
+from ..output import write_json
 
 
+@o.takes(model=o.MODEL, output=o.OUTPUT.without("progress"))
 def calibrate(
+    *,
     text: Annotated[
         str | None,
         typer.Option(
@@ -34,15 +35,8 @@ def calibrate(
         Path | None,
         typer.Option("--out", help="Where to write the profile [kept for this model under FREQKV_HOME]."),
     ] = None,
-    model: o.ModelOpt = "default",
-    base: o.BaseOpt = None,
-    untuned: o.UntunedOpt = False,
-    device: o.DeviceOpt = "auto",
-    dtype: o.DtypeOpt = "auto",
-    trust_remote_code: o.TrustOpt = False,
-    as_json: o.JsonOpt = False,
-    quiet: o.QuietOpt = False,
-    no_color: o.NoColorOpt = False,
+    model: o.ModelChoice,
+    output: o.OutputChoice,
 ) -> None:
     """Find the model's retrieval heads: the attention heads the hybrid cache asks which tokens
     a question needs kept exact.
@@ -58,17 +52,17 @@ def calibrate(
 
       freqkv calibrate --untuned --trials 48 --json
     """
-    readout = Readout(quiet=quiet, force_progress=False, no_color=o.color_disabled(no_color))
+    readout = output.readout
     source = text or "the shipped Botchan excerpt"
     if text is not None:
-        haystack = open_input(text, None, None).text()
+        haystack = open_document(text).text()
     else:
         from ...evaluation.needle import default_haystack
 
         haystack = default_haystack()
     if not haystack.strip():
         raise InputError(f"{source}: no text to hide facts in")
-    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned), readout)
+    loaded = model.load(readout)
     target = out if out is not None else calibrated_heads_path(loaded.heads_key)
     try:  # fail before the trials, not after them
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -90,13 +84,8 @@ def calibrate(
     profile.source["text"] = source
     profile.save(target)
     scores = [profile.scores[layer][head] for layer, head in profile.heads]
-    if as_json:
-        sys.stdout.write(
-            json.dumps(
-                {"model": loaded.name, "profile": str(target), "heads": profile.heads, "scores": scores}
-            )
-            + "\n"
-        )
+    if output.as_json:
+        write_json({"model": loaded.name, "profile": str(target), "heads": profile.heads, "scores": scores})
         return
     sys.stdout.write(
         f"retrieval heads of {loaded.name} (layer, head: mean log(1 + rank), 0 = always first)\n"

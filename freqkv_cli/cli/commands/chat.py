@@ -10,9 +10,10 @@ import typer
 
 from ...errors import ContextLimitError, FreqKVError, Interrupted
 from ...models.default import freqkv_home
+from ...session.session import Session
 from .. import options as o
-from ..readout import Readout
-from ..running import StopFlag, answer, load, make_session, open_input, read_into
+from ..output import Readout
+from ..running import StopFlag, answer, make_session, read_into
 
 HELP_TEXT = "commands: /read FILE · /stats · /reset · /exit (or Ctrl-D) · Ctrl-C stops an answer"
 
@@ -35,34 +36,24 @@ def _enable_line_editing() -> None:
         pass
 
 
+@o.takes(
+    model=o.MODEL,
+    cache=o.CACHE,
+    answering=o.ANSWER.defaults(max_new_tokens=512),
+    source=o.INPUT.only("password"),
+    output=o.OUTPUT.without("as_json"),
+)
 def chat(
     paths: Annotated[
         list[str] | None,
         typer.Argument(help="Documents to read before the conversation.", show_default=False),
     ] = None,
-    model: o.ModelOpt = "default",
-    base: o.BaseOpt = None,
-    untuned: o.UntunedOpt = False,
-    window: o.WindowOpt = None,
-    ctx: o.CtxOpt = None,
-    sink: o.SinkOpt = None,
-    recent: o.RecentOpt = None,
-    ratio: o.RatioOpt = None,
-    exact: o.ExactOpt = None,
-    cache: o.CacheOpt = "hybrid",
-    device: o.DeviceOpt = "auto",
-    dtype: o.DtypeOpt = "auto",
-    trust_remote_code: o.TrustOpt = False,
-    max_new_tokens: o.MaxNewOpt = 512,
-    temperature: o.TemperatureOpt = 0.0,
-    top_p: o.TopPOpt = 1.0,
-    seed: o.SeedOpt = None,
-    repetition_penalty: o.RepetitionOpt = 1.1,
-    system: o.SystemOpt = None,
-    password: o.PasswordOpt = None,
-    quiet: o.QuietOpt = False,
-    progress: o.ProgressOpt = False,
-    no_color: o.NoColorOpt = False,
+    *,
+    model: o.ModelChoice,
+    cache: o.CacheChoice,
+    answering: o.AnswerChoice,
+    source: o.InputChoice,
+    output: o.OutputChoice,
 ) -> None:
     """Chat with the model, optionally about documents read first.
 
@@ -81,13 +72,11 @@ def chat(
 
       printf 'Who is the narrator?\\nWhere does he go?\\n' | freqkv chat samples/botchan.txt
     """
-    choice = o.CacheChoice(cache, window, sink, recent, ratio, ctx, exact)
-    choice.check()
-    readout = Readout(quiet=quiet, force_progress=progress, no_color=o.color_disabled(no_color))
-    documents = [open_input(path, password, None) for path in paths or []]  # fail before loading
-    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned), readout)
-    session = make_session(loaded, choice, system)
-    sampler = o.make_sampler(temperature, top_p, seed, repetition_penalty)
+    cache.settings.check()
+    readout = output.readout
+    documents = [source.open(path) for path in paths or []]  # fail before loading
+    loaded = model.load(readout)
+    session = make_session(loaded, cache, answering.system)
     stop = StopFlag()
     interactive = sys.stdin.isatty()
     if interactive:
@@ -100,8 +89,8 @@ def chat(
     if interactive:
         policy = session.policy
         room = "no limit" if session.ctx is None else f"up to {session.ctx:,} tokens"
-        cache = "full cache" if policy.kind == "full" else f"a {policy.window:,}-entry {policy.kind} window"
-        readout.info(f"freqkv chat · {loaded.name} · {room} in {cache} · {HELP_TEXT}")
+        held = "full cache" if policy.kind == "full" else f"a {policy.window:,}-entry {policy.kind} window"
+        readout.info(f"freqkv chat · {loaded.name} · {room} in {held} · {HELP_TEXT}")
     while True:
         try:
             line = input("> " if interactive else "")
@@ -116,23 +105,25 @@ def chat(
         if not text:
             continue
         if text.startswith("/"):
-            if _command(text, session, readout, stop, password) == "exit":
+            if _command(text, session, readout, stop, source) == "exit":
                 return
             continue
         try:
             with stop.armed():
                 session.add_user_turn(text, should_stop=stop)
-                result = answer(session, sampler, max_new_tokens, stop, stream=True)
+                result = answer(session, answering, stop, stream=True)
         except ContextLimitError as exc:
             readout.warn(str(exc))
             continue
         if result.stop_reason == "interrupted":
             readout.info("(answer stopped)")
         elif result.stop_reason == "max_new_tokens":
-            readout.info(f"(answer cut at --max-new-tokens {max_new_tokens})")
+            readout.info(f"(answer cut at --max-new-tokens {answering.max_new_tokens})")
 
 
-def _command(text: str, session, readout: Readout, stop: StopFlag, password: str | None) -> str | None:
+def _command(
+    text: str, session: Session, readout: Readout, stop: StopFlag, source: o.InputChoice
+) -> str | None:
     name, _, argument = text.partition(" ")
     if name in ("/exit", "/quit"):
         return "exit"
@@ -146,7 +137,7 @@ def _command(text: str, session, readout: Readout, stop: StopFlag, password: str
             readout.warn("usage: /read FILE")
             return None
         try:
-            document = open_input(str(Path(argument.strip()).expanduser()), password, None)
+            document = source.open(str(Path(argument.strip()).expanduser()))
             with stop.armed():
                 report = read_into(session, document, readout, stop, task="read")
             readout.info(f"(read {report.tokens:,} tokens of {document.name})")

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
-from ...sizes import format_bytes, format_count, parse_size
+from ...sizes import format_bytes, format_count
 from .. import options as o
-from ..readout import Readout
-from ..running import load
+from ..output import write_json
 
 
-def info(
-    model: o.ModelOpt = "default",
-    base: o.BaseOpt = None,
-    untuned: o.UntunedOpt = False,
-    window: o.WindowOpt = None,
-    ctx: o.CtxOpt = "32k",
-    sink: o.SinkOpt = None,
-    recent: o.RecentOpt = None,
-    ratio: o.RatioOpt = None,
-    exact: o.ExactOpt = None,
-    cache: o.CacheOpt = "hybrid",
-    device: o.DeviceOpt = "auto",
-    dtype: o.DtypeOpt = "auto",
-    trust_remote_code: o.TrustOpt = False,
-    as_json: o.JsonOpt = False,
-    quiet: o.QuietOpt = False,
-    no_color: o.NoColorOpt = False,
-) -> None:
+@o.takes(model=o.MODEL, cache=o.CACHE.defaults(ctx="32k"), output=o.OUTPUT.without("progress"))
+def info(*, model: o.ModelChoice, cache: o.CacheChoice, output: o.OutputChoice) -> None:
     """Show the model, device, cache settings and the KV memory they need.
 
     The KV memory of the window is compared with a full cache holding --ctx tokens.
@@ -39,17 +21,15 @@ def info(
 
       freqkv info --model ./my-model --window 8k --ctx 128k --json
     """
-    choice = o.CacheChoice(cache, window, sink, recent, ratio, ctx, exact)
-    choice.check()
-    readout = Readout(quiet=quiet, force_progress=False, no_color=o.color_disabled(no_color))
-    loaded = load(o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned), readout)
-    policy = choice.policy_for(loaded)
+    cache.settings.check()
+    loaded = model.load(output.readout)
+    policy = loaded.cache_policy(cache.settings)
     config = loaded.model.config
     heads = config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     element = loaded.model.dtype.itemsize
     per_token = 2 * config.num_hidden_layers * heads * head_dim * element
-    length = parse_size(ctx) if ctx else 32768
+    length = cache.ctx_tokens or 32768
     window_entries = length if policy.kind == "full" else min(policy.window, length)
     data = {
         "model": loaded.name,
@@ -71,8 +51,8 @@ def info(
         "kv_bytes_window": per_token * window_entries,
         "kv_bytes_full_at_ctx": per_token * length,
     }
-    if as_json:
-        sys.stdout.write(json.dumps(data) + "\n")
+    if output.as_json:
+        write_json(data)
         return
     lines = [
         f"model         {data['model']} ({data['family']}, {format_count(data['parameters'])} parameters)",

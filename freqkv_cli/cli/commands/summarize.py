@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
 from .. import options as o
-from ..readout import Readout
 from ..running import run_document_task
 
 
+@o.takes(model=o.MODEL, cache=o.CACHE, answering=o.ANSWER, source=o.INPUT, output=o.OUTPUT)
 def summarize(
-    path: Annotated[
-        str, typer.Argument(help="A PDF, a text file, or - for standard input.", show_default=False)
-    ],
-    model: o.ModelOpt = "default",
-    base: o.BaseOpt = None,
-    untuned: o.UntunedOpt = False,
-    window: o.WindowOpt = None,
-    ctx: o.CtxOpt = None,
-    sink: o.SinkOpt = None,
-    recent: o.RecentOpt = None,
-    ratio: o.RatioOpt = None,
-    exact: o.ExactOpt = None,
-    cache: o.CacheOpt = "hybrid",
-    device: o.DeviceOpt = "auto",
-    dtype: o.DtypeOpt = "auto",
-    trust_remote_code: o.TrustOpt = False,
-    max_new_tokens: o.MaxNewOpt = 400,
-    temperature: o.TemperatureOpt = 0.0,
-    top_p: o.TopPOpt = 1.0,
-    seed: o.SeedOpt = None,
-    repetition_penalty: o.RepetitionOpt = 1.1,
-    system: o.SystemOpt = None,
-    pages: o.PagesOpt = None,
-    password: o.PasswordOpt = None,
-    as_json: o.JsonOpt = False,
-    quiet: o.QuietOpt = False,
-    progress: o.ProgressOpt = False,
-    no_color: o.NoColorOpt = False,
+    path: o.PathArg,
+    model: o.ModelChoice,
+    cache: o.CacheChoice,
+    answering: o.AnswerChoice,
+    source: o.InputChoice,
+    output: o.OutputChoice,
 ) -> None:
     """Summarize a document of any length: the whole text streams through the compressed cache.
 
@@ -52,16 +26,5 @@ def summarize(
       freqkv summarize notes.md --window 2k --json | jq -r .answer
     """
     run_document_task(
-        path=path,
-        task="summarize",
-        question=None,
-        model=o.ModelChoice(model, base, device, dtype, trust_remote_code, untuned),
-        cache=o.CacheChoice(cache, window, sink, recent, ratio, ctx, exact),
-        sampler=o.make_sampler(temperature, top_p, seed, repetition_penalty),
-        max_new_tokens=max_new_tokens,
-        system=system,
-        password=password,
-        pages=pages,
-        readout=Readout(quiet=quiet, force_progress=progress, no_color=o.color_disabled(no_color)),
-        as_json=as_json,
+        path, task="summarize", model=model, cache=cache, answering=answering, source=source, output=output
     )
