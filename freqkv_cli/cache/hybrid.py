@@ -16,6 +16,7 @@ from .layers import WindowLayer
 from .policy import CachePolicy
 from .rounds import Rounds, allows_tf32, read_stacked, write_pieces
 from .selectors import Candidates, Selector
+from .state import State, tensors_of
 
 
 @dataclass
@@ -24,18 +25,18 @@ class HybridRounds(Rounds):
     the exact slots (in stream order) and low-passes the rest with the compressed part."""
 
     selector: Selector = field(default_factory=Selector)
-    state: HybridState = field(default_factory=HybridState)
+    held: HybridState = field(default_factory=HybridState)  # exact and compressed entries now
 
     def compress(
         self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
     ) -> None:
         window, recent = policy.window, policy.recent
-        tail = self.state.tail(head)
+        tail = self.held.tail(head)
         device = layers[0].keys.device
         keys = [layer.keys for layer in layers]
-        candidates = Candidates(tail, self.state.candidates(policy, head), device, keys)
+        candidates = Candidates(tail, self.held.candidates(policy, head), device, keys)
         scores = self.selector.score(candidates)  # (B, n)
-        plan, self.state = plan_hybrid_round(self.state, scores, policy, head=head, tokens_seen=tokens_seen)
+        plan, self.held = plan_hybrid_round(self.held, scores, policy, head=head, tokens_seen=tokens_seen)
         tf32 = allows_tf32(layers)
         for first in range(0, len(layers), group := self.group(layers, window)):
             part = layers[first : first + group]
@@ -64,5 +65,17 @@ class HybridRounds(Rounds):
         return max(1, min(len(layers), (256 << 20) // max(per_layer, 1)))
 
     def reset(self) -> None:
-        self.state = HybridState()
+        self.held = HybridState()
         self.selector.reset()
+
+    def state(self) -> State:
+        held = self.held
+        state = State(tensors_of({"tokens": held.tokens, "scores": held.scores}), {"e": held.e, "c": held.c})
+        state.put("selector", self.selector.state())
+        return state
+
+    def load_state(self, state: State, device: torch.device) -> None:
+        facts = state.facts
+        tokens, scores = state.tensor("tokens", device), state.tensor("scores", device)
+        self.held = HybridState(int(facts["e"]), int(facts["c"]), tokens, scores)
+        self.selector.load_state(state.get("selector"), device)

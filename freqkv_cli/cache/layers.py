@@ -77,6 +77,16 @@ class WindowLayer(CacheLayerMixin):
     def reset(self) -> None:
         self.length = 0
 
+    def restore(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Hold exactly ``keys``/``values`` ``(B, H, n, D)`` (a saved state), in fresh buffers of
+        their dtype and device."""
+        self.is_initialized = False
+        self.length = 0
+        self.lazy_initialization(keys, values)
+        if keys.shape[-2] > self.keys.shape[-2]:
+            self.make_room(keys.shape[-2])
+        self.write(0, keys, values)
+
     def held_bytes(self) -> int:
         if not self.is_initialized:
             return 0

@@ -16,6 +16,7 @@ from .compress_round import compress_round
 from .layers import WindowLayer
 from .policy import CachePolicy
 from .rotary import KeyRotation
+from .state import State
 
 
 @dataclass
@@ -33,6 +34,13 @@ class Rounds:
 
     def reset(self) -> None:
         """Forget what earlier rounds left behind (a new, empty cache)."""
+
+    def state(self) -> State:
+        """What later rounds need of earlier ones (see :mod:`.state`)."""
+        return State()
+
+    def load_state(self, state: State, device: torch.device) -> None:
+        """Take back what :meth:`state` gave."""
 
 
 @dataclass

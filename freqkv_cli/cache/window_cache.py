@@ -12,7 +12,7 @@ stock causal masks and attention kernels stay exact.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from .policy import CachePolicy
 from .rotary import KeyRotation
 from .rounds import Rounds, SpanRounds
 from .selectors import Selector, make_selector
+from .state import State, copy_of
 
 
 @dataclass
@@ -105,7 +106,7 @@ class WindowedCache(Cache):
     @property
     def hybrid_state(self) -> HybridState | None:
         """The hybrid's exact and compressed counts and its exact entries (None: not hybrid)."""
-        return self.rounds.state if isinstance(self.rounds, HybridRounds) else None
+        return self.rounds.held if isinstance(self.rounds, HybridRounds) else None
 
     @property
     def exact_count(self) -> int:
@@ -168,6 +169,46 @@ class WindowedCache(Cache):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.compress_seconds += time.perf_counter() - started
+
+    # -- saving and restoring ---------------------------------------------------------------
+    def state(self) -> State:
+        """Everything this cache holds (see :mod:`.state`): each layer's entries, the policy in
+        force, the counters and what the rounds and the selector remember."""
+        state = State(
+            facts={
+                "policy": asdict(self.policy),
+                "layers": len(self.layers),
+                "pinned": self.pinned,
+                "tokens_seen": self.tokens_seen,
+                "compressions": self.compressions,
+            }
+        )
+        for index, layer in enumerate(self.layers):
+            if layer.is_initialized and layer.length:
+                keys, values = layer.entries()
+                state.tensors[f"layer.{index}.keys"] = copy_of(keys)
+                state.tensors[f"layer.{index}.values"] = copy_of(values)
+        if self.rounds is not None:
+            state.put("rounds", self.rounds.state())
+        return state
+
+    def load_state(self, state: State, device: torch.device, dtype: torch.dtype) -> None:
+        """Hold what :meth:`state` gave, on ``device`` in ``dtype``. The cache must have been made
+        for the same policy kind and number of layers."""
+        facts = state.facts
+        if facts["layers"] != len(self.layers) or facts["policy"]["kind"] != self.policy.kind:
+            raise ValueError("the saved cache is for another model or policy")
+        self.reset()
+        self.policy = CachePolicy(**facts["policy"])
+        for index, layer in enumerate(self.layers):
+            keys = state.tensor(f"layer.{index}.keys")
+            if keys is not None:
+                values = state.tensors[f"layer.{index}.values"]
+                layer.restore(keys.to(device, dtype), values.to(device, dtype))
+        self.pinned, self.tokens_seen = int(facts["pinned"]), int(facts["tokens_seen"])
+        self.compressions = int(facts["compressions"])
+        if self.rounds is not None:
+            self.rounds.load_state(state.get("rounds"), device)
 
     # -- readouts -----------------------------------------------------------------------
     def stats(self) -> CacheStats:

@@ -7,6 +7,7 @@ PDF is then extracted page by page while the caller iterates ``Document.pages()`
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import BinaryIO
 
@@ -34,8 +35,11 @@ def open_document(
     Raises InputError for a document that cannot be read.
     """
     name, data = read_input(path, stdin)
+    digest = hashlib.sha256(data).hexdigest()
     if is_pdf(data):
-        return open_pdf(name, data, password=password, pages=pages)
+        document = open_pdf(name, data, password=password, pages=pages)
+        document.sha256 = digest
+        return document
     text, encoding, warnings = decode_text(name, data)
     if pages is not None:
         raise UsageError(f"{name}: --pages applies only to PDFs, and this is a text document; drop --pages")
@@ -45,5 +49,6 @@ def open_document(
         page_count=None,
         warnings=warnings,
         encoding=encoding,
+        sha256=digest,
         _source=TextSource(text),
     )

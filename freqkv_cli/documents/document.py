@@ -36,6 +36,7 @@ class Document:
     warnings: list[str] = field(default_factory=list)
     total_pages: int | None = None
     encoding: str | None = None
+    sha256: str | None = None  # of the bytes read (a memory file records which document it holds)
     _source: PageSource | None = field(default=None, repr=False, compare=False)
 
     def pages(self) -> Iterator[Page]:

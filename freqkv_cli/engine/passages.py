@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..cache.state import State
+
 # A quoted passage is a kept run widened by up to this many tokens read before / after it.
 QUOTE_LEFT, QUOTE_RIGHT = 8, 24
 
@@ -24,6 +26,29 @@ class ExactPassages:
     def __init__(self, window: int) -> None:
         self.recent: deque[int] = deque(maxlen=window)
         self.context: dict[int, tuple[int, tuple[int, ...]]] = {}
+
+    def state(self) -> State:
+        """The recent ids and each exact entry's context (see :mod:`..cache.state`)."""
+        tokens = sorted(self.context)
+        starts = [self.context[t][0] for t in tokens]
+        lengths = [len(self.context[t][1]) for t in tokens]
+        ids = [i for t in tokens for i in self.context[t][1]]
+        as_long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
+        tensors = {"recent": as_long(list(self.recent)), "context.tokens": as_long(tokens)}
+        tensors.update({"context.starts": as_long(starts), "context.lengths": as_long(lengths)})
+        tensors["context.ids"] = as_long(ids)
+        return State(tensors)
+
+    def load_state(self, state: State) -> None:
+        self.recent.clear()
+        self.recent.extend(state.tensors["recent"].tolist())
+        tokens, starts, lengths, ids = (
+            state.tensors[f"context.{name}"].tolist() for name in ("tokens", "starts", "lengths", "ids")
+        )
+        self.context, at = {}, 0
+        for token, start, length in zip(tokens, starts, lengths, strict=True):
+            self.context[token] = (start, tuple(ids[at : at + length]))
+            at += length
 
     def read(self, ids: Sequence[int]) -> None:
         self.recent.extend(ids)

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 
 from ..cache.policy import CachePolicy
 from ..cache.selectors import Selector
+from ..cache.state import State, copy_of
 from ..cache.window_cache import CacheStats, WindowedCache
 from ..errors import Interrupted
 from .passages import QUOTE_LEFT, QUOTE_RIGHT, ExactPassages
@@ -97,6 +98,40 @@ class StreamingEngine:
 
     def stats(self) -> CacheStats:
         return self.cache.stats()
+
+    def question_queries(self, ids: Sequence[int]) -> list[torch.Tensor]:
+        """Every layer's queries ``(1, Hq, T, D)`` (pre-RoPE) of the question ``ids`` read after what
+        this engine holds, which is left as it was: the question is read, then taken back."""
+        before = self.state()
+        try:
+            with QueryCapture(self.model) as captured:
+                self._feed(ids, False, None)
+            return [q[:, :, -QUESTION_QUERIES:] for q in captured.queries()]
+        finally:
+            self.load_state(before)
+
+    # -- saving and restoring ---------------------------------------------------------------
+    def state(self) -> State:
+        """All this engine holds: the cache, the last hidden state (the next token's logits come
+        from it), tokens not yet read, and the hybrid's passages (see :mod:`..cache.state`)."""
+        state = State(facts={"pending": list(self._pending)})
+        if self._last_hidden is not None:
+            state.tensors["last_hidden"] = copy_of(self._last_hidden)
+        state.put("cache", self.cache.state())
+        if self.passages is not None:
+            state.put("passages", self.passages.state())
+        return state
+
+    def load_state(self, state: State) -> None:
+        """Go on exactly where :meth:`state` was taken (same model and policy kind)."""
+        dtype = self.model.dtype
+        self.cache.load_state(state.get("cache"), self.device, dtype)  # the same cache, emptied first
+        hidden = state.tensor("last_hidden")
+        self._last_hidden = None if hidden is None else hidden.to(self.device, dtype)
+        self._pending = [int(token) for token in state.facts.get("pending", [])]
+        self._should_stop = None
+        if self.passages is not None:
+            self.passages.load_state(state.get("passages"))
 
     # -- prefill -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -232,6 +267,10 @@ class StreamingEngine:
             pending, self._pending = self._pending, []
             for _chunk, hidden in self._feed_hidden(pending):
                 self._last_hidden = hidden[:, -1]
+
+    def next_logits(self) -> torch.Tensor | None:
+        """``(1, vocab)`` float32 logits of the token that would come next (None before any feed)."""
+        return None if self._last_hidden is None else self.logits(self._last_hidden)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

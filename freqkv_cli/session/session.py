@@ -7,11 +7,15 @@ budget, and nothing about terminals.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import torch
+
 from ..cache.policy import CachePolicy
+from ..cache.state import State
 from ..cache.window_cache import CacheStats
 from ..documents import Document
 from ..engine.passages import QUOTE_LEFT, QUOTE_RIGHT
@@ -76,6 +80,11 @@ class Session:
         self.turns = 0  # user turns begun
         self.stop_token_ids = _stop_ids(loaded)
         self.quoted: list[str] = []  # passages the last qa read quoted before its question
+        # Every document token read, in order (4 bytes each): what passages are recalled from
+        # when a question comes after the reading; and what each document was.
+        self.document_ids = array("i")
+        self.documents: list[dict] = []
+        self.open_task: str | None = None  # a document turn left open (read_document(finish=False))
 
     # -- bookkeeping ---------------------------------------------------------------------
     @property
@@ -95,6 +104,32 @@ class Session:
     def reset(self) -> None:
         self.engine.reset()
         self.turns = 0
+        self.quoted, self.documents, self.open_task = [], [], None
+        self.document_ids = array("i")
+
+    # -- saving and restoring --------------------------------------------------------------
+    def state(self) -> State:
+        """All this session holds (see :mod:`..cache.state`); :meth:`load_state` goes on from it."""
+        facts = {
+            "turns": self.turns,
+            "quoted": list(self.quoted),
+            "system": self.system,
+            "ctx": self.ctx,
+            "documents": [dict(d) for d in self.documents],
+            "open_task": self.open_task,
+        }
+        ids = torch.frombuffer(bytearray(self.document_ids.tobytes()), dtype=torch.int32)
+        state = State({"document_ids": ids}, facts)
+        state.put("engine", self.engine.state())
+        return state
+
+    def load_state(self, state: State) -> None:
+        """Go on exactly where :meth:`state` was taken (the same model; see :mod:`..memory`)."""
+        facts = state.facts
+        self.engine.load_state(state.get("engine"))
+        self.turns, self.quoted = int(facts["turns"]), list(facts["quoted"])
+        self.documents, self.open_task = [dict(d) for d in facts["documents"]], facts["open_task"]
+        self.document_ids = array("i", state.tensors["document_ids"].to(torch.int32).tolist())
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
@@ -179,6 +214,7 @@ class Session:
                     if budget is not None and counted["sent"] + len(ids) > budget:
                         ids = ids[: max(0, budget - counted["sent"])]
                     counted["sent"] += len(ids)
+                    self.document_ids.extend(ids)
                     queued.append([len(ids), len(block), int(index == len(blocks) - 1)])
                     if ids:
                         yield ids
@@ -197,7 +233,18 @@ class Session:
             if on_progress is not None:
                 on_progress(state)
 
+        first_id = len(self.document_ids)
         self.engine.feed(pieces(), on_progress=progress, should_stop=should_stop)
+        self.documents.append(
+            {
+                "name": document.name,
+                "pages": document.page_count,
+                "sha256": document.sha256,
+                "tokens": counted["sent"],
+                "first": first_id,
+            }
+        )
+        self.open_task = task
         if finish:
             self.finish_document(task, question, reread=reread, should_stop=should_stop)
         return ReadReport(
@@ -215,14 +262,18 @@ class Session:
         question: str | None = None,
         *,
         reread: int = 0,
+        passages: list[list[int]] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
         """Close a document's turn: the text after it (with up to ``reread`` quoted passages,
-        see :meth:`read_document`) and the assistant's cue."""
+        see :meth:`read_document`, or the token ids of ``passages`` chosen by the caller) and the
+        assistant's cue."""
         self.quoted = []
-        if question is not None and reread > 0:
+        if passages is None and question is not None and reread > 0:
             passages = self.engine.exact_passages(reread)
+        if question is not None and passages:
             self.quoted = [self.tokenizer.decode(ids) for ids in passages]  # type: ignore[attr-defined]
+        self.open_task = None
         _, after = document_prompt(task, question, self.quoted)
         self.engine.feed(self.encode(after + self.template.after), should_stop=should_stop)
 

@@ -9,6 +9,7 @@ import torch
 
 from ..rotary import KeyRotation
 from ..spans import SPAN_LEFT
+from ..state import State, tensors_of
 from .base import Candidates, Selector
 from .keynorm import KeyNormSelector
 
@@ -52,6 +53,25 @@ class AttentionSelector(Selector):
         super().reset()
         self.queries, self.head_weights, self.rotated = None, None, {}
         self.match_stats = torch.zeros(3, dtype=torch.float64)
+
+    def state(self) -> State:
+        state = super().state()
+        queries = {f"queries.{i}": q for i, q in enumerate(self.queries or [])}
+        state.tensors = tensors_of(
+            {**queries, "head_weights": self.head_weights, "match_stats": self.match_stats}
+        )
+        state.facts["layers"] = len(self.queries) if self.queries is not None else None
+        return state
+
+    def load_state(self, state: State, device: torch.device) -> None:
+        super().load_state(state, device)
+        layers = state.facts.get("layers")
+        self.queries = (
+            None if layers is None else [state.tensors[f"queries.{i}"].to(device) for i in range(layers)]
+        )
+        self.head_weights = state.tensor("head_weights")
+        self.match_stats = state.tensors["match_stats"].clone()
+        self.rotated = {}
 
     def score(self, candidates: Candidates) -> torch.Tensor:
         """``(B, n)``: the candidate's match (:meth:`question_match`), averaged over the

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..state import State
+
 
 @dataclass(frozen=True)
 class Candidates:
@@ -63,3 +65,11 @@ class Selector:
 
     def reset(self) -> None:
         self.asked = False
+
+    def state(self) -> State:
+        """What this selector has learnt since the last reset (see :mod:`..state`)."""
+        return State(facts={"asked": self.asked})
+
+    def load_state(self, state: State, device: torch.device) -> None:
+        """Take back what :meth:`state` gave, tensors moved to ``device``."""
+        self.asked = bool(state.facts.get("asked", False))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..state import State
 from .base import Candidates, Selector
 
 
@@ -27,3 +28,12 @@ class RandomSelector(Selector):
     def reset(self) -> None:
         super().reset()
         self.generator.manual_seed(self.seed)
+
+    def state(self) -> State:
+        state = super().state()
+        state.tensors["generator"] = self.generator.get_state().clone()
+        return state
+
+    def load_state(self, state: State, device: torch.device) -> None:
+        super().load_state(state, device)
+        self.generator.set_state(state.tensors["generator"].cpu())

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..state import State, tensors_of
 from .base import Candidates, Selector
 from .keynorm import KeyNormSelector
 
@@ -55,3 +56,12 @@ class SurpriseSelector(Selector):
     def reset(self) -> None:
         super().reset()
         self.nll = None
+
+    def state(self) -> State:
+        state = super().state()
+        state.tensors = tensors_of({"nll": self.nll})
+        return state
+
+    def load_state(self, state: State, device: torch.device) -> None:
+        super().load_state(state, device)
+        self.nll = state.tensor("nll", device)
