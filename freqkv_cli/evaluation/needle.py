@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import random
 import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from ..documents import Document
 from ..documents.text import TextSource
@@ -174,6 +176,53 @@ def run_needle_trial(
         placed=document.placed,
         seconds=time.perf_counter() - started,
     )
+
+
+def run_read_first_trials(
+    session: Session,
+    document: NeedleDocument,
+    methods: Sequence[str],
+    *,
+    length: int,
+    seed: int,
+    quotes: int = 8,
+    max_new_tokens: int = 16,
+) -> list[NeedleTrial]:
+    """Read ``document`` with no question in sight, keep the memory in a file, then ask from
+    that file once per recall method (:mod:`..memory.recall`); greedy decoding. The cache of each
+    trial is named ``"<policy> later/<method>"``."""
+    from ..memory.recall import recall
+    from ..memory.saved import load_session, save_session
+
+    started = time.perf_counter()
+    session.read_document(text_document(document.text), task="read", finish=False)
+    read_seconds = time.perf_counter() - started
+    trials = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "needle.fkv"
+        save_session(session, path)
+        for method in methods:
+            started = time.perf_counter()
+            asking = load_session(session.loaded, path).session
+            passages = recall(asking, QUESTION, quotes, method)
+            asking.finish_document("qa", QUESTION, passages=passages)
+            tokens = asking.tokens_held
+            result = asking.generate(max_new_tokens=max_new_tokens, sampler=Sampler(temperature=0.0))
+            trials.append(
+                NeedleTrial(
+                    cache=f"{session.policy.kind} later/{method}",
+                    length=length,
+                    depth=document.depth,
+                    seed=seed,
+                    key=document.key,
+                    answer=result.text,
+                    correct=score_answer(result.text, document.key),
+                    tokens=tokens,
+                    placed=document.placed,
+                    seconds=read_seconds + time.perf_counter() - started,
+                )
+            )
+    return trials
 
 
 def needle_accuracy(trials: Sequence[NeedleTrial]) -> list[NeedleCell]:
