@@ -82,7 +82,7 @@ def make_config(tiny: bool) -> LlamaConfig:
 
 
 def build_model(config: LlamaConfig, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
-    config._attn_implementation = "sdpa"
+    config = LlamaConfig(**{**config.to_dict(), "attn_implementation": "sdpa"})
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # parameters are created in bf16 directly: no fp32 copy of 7B
     try:
@@ -396,9 +396,9 @@ def compression_accuracy(model, args, method: str) -> float:
     engine.feed(random_ids(args.window, model.config.vocab_size, seed=8))
     cache = engine.cache
     head, span, kept = cache.head, policy.span(cache.head), policy.kept(cache.head)
-    before = cache.layers[0].keys[:, :, head : head + span].double().cpu()
+    before = cache.entries(0)[0][:, :, head : head + span].double().cpu()
     cache.compress()
-    after = cache.layers[0].keys[:, :, head : head + kept]
+    after = cache.entries(0)[0][:, :, head : head + kept]
     rot = KeyRotation(_cpu_rotary(model))
     pre = rot.unrotate(before, torch.arange(head, head + span)).movedim(-2, -1)
     low = (dct.idct_ortho(dct.dct_ortho(pre, dim=-1, keep=kept), dim=-1) * math.sqrt(kept / span)).movedim(
@@ -469,29 +469,25 @@ def checks(model, args) -> dict:
     engine = StreamingEngine(model, policy, max_chunk=args.max_chunk, lowpass_method=args.lowpass)
     engine.feed(random_ids(window, model.config.vocab_size, seed=8))
     cache = engine.cache
-    saved = [(layer.keys.clone(), layer.values.clone(), layer.length) for layer in cache.layers]
+    saved = cache.state()
     cache.compress()
-    grouped = [
-        (layer.keys[:, :, : layer.length].clone(), layer.values[:, :, : layer.length].clone())
-        for layer in cache.layers
-    ]
-    for layer, (k, v, length) in zip(cache.layers, saved, strict=False):
-        layer.keys.copy_(k)
-        layer.values.copy_(v)
-        layer.length = length
+    layers = range(model.config.num_hidden_layers)
+    grouped = [tuple(t.clone() for t in cache.entries(i)) for i in layers]
+    cache.load_state(saved, device, model.dtype)
     head, span, kept = cache.head, policy.span(cache.head), policy.kept(cache.head)
-    for layer in cache.layers:
-        cache._compress_layers([layer], head, span, kept, policy.recent)
+    cache.rounds.group = 1  # one layer at a time
+    cache.compress()
     errs = []
-    for layer, (k, v) in zip(cache.layers, grouped, strict=False):
-        errs.append(rel(k, layer.keys[:, :, : layer.length]))
-        errs.append(rel(v, layer.values[:, :, : layer.length]))
+    for index, (k, v) in zip(layers, grouped, strict=True):
+        keys, values = cache.entries(index)
+        errs.append(rel(k, keys))
+        errs.append(rel(v, values))
     out["grouped_vs_single_layer_max_relerr"] = max(errs)
     # the compressed keys vs a float64 evaluation (unrotate, low-pass, rotate) for layer 0
     from freqkv_cli.cache import dct
     from freqkv_cli.cache.rotary import KeyRotation
 
-    k0 = saved[0][0][:, :, head : head + span].double().cpu()
+    k0 = saved.tensors["layer.0.keys"][:, :, head : head + span].double().cpu()
     rot_cpu = KeyRotation(_cpu_rotary(model))
     pos_old = torch.arange(head, head + span)
     pos_new = torch.arange(head, head + kept)

@@ -17,8 +17,6 @@ closing).
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
 import json
 import time
 from pathlib import Path
@@ -42,7 +40,6 @@ QUESTIONS = [  # (depth: share of the book's characters before the answer, expec
         "Which newspaper did the old lady bring the narrator the morning after the fight?",
     ),
 ]
-ENGINE_STATE = ("cache", "_last_hidden", "_pending", "_recent_ids", "_exact_context")
 
 
 def main() -> None:
@@ -74,17 +71,14 @@ def main() -> None:
         started = time.perf_counter()
         report = session.read_document(open_document(args.book), task="qa", question=question, finish=False)
         read_seconds = time.perf_counter() - started
-        saved = copy.deepcopy({name: getattr(session.engine, name) for name in ENGINE_STATE})
-        passages = session.engine.exact_passages
+        saved = session.state()
         for reread, width in closings:
-            for name, value in copy.deepcopy(saved).items():
-                setattr(session.engine, name, value)
-            session.engine.exact_passages = (
-                functools.partial(passages, left=0, right=0) if width == "narrow" else passages
-            )
-            before = session.engine.cache.compressions
-            session.finish_document("qa", question, reread=reread)
-            closing_rounds = session.engine.cache.compressions - before
+            session.load_state(saved)
+            margins = {"left": 0, "right": 0} if width == "narrow" else {}
+            quotes = session.engine.exact_passages(reread, **margins) if reread else []
+            before = session.stats().compressions
+            session.finish_document("qa", question, passages=quotes)
+            closing_rounds = session.stats().compressions - before
             result = session.generate(
                 max_new_tokens=40, sampler=Sampler(temperature=0.0, repetition_penalty=1.1)
             )

@@ -49,12 +49,13 @@ class SpanRounds(Rounds):
     eviction (the oldest ``F - L`` dropped), as ``kind`` says; the recent entries shift down."""
 
     kind: str = "freqkv"
+    group: int | None = None  # layers per stacked step; None: 1 on CPUs, 4 on GPUs
 
     def compress(
         self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
     ) -> None:
         span, kept = policy.span(head), policy.kept(head)
-        group = 1 if layers[0].keys.device.type == "cpu" else 4
+        group = self.group or (1 if layers[0].keys.device.type == "cpu" else 4)
         for first in range(0, len(layers), group):
             part = layers[first : first + group]
             pieces = compress_round(
