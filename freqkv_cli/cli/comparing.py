@@ -1,17 +1,18 @@
-"""What `freqkv eval ppl` and `freqkv eval needle` share: the lists they compare, and the settings
-every result and figure is labelled with."""
+"""What `freqkv eval ppl` and `freqkv eval needle` share: the lengths and policies they compare,
+checked before a model loads, and the settings every result and figure is labelled with."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 from ..cache.policy import CachePolicy, CacheSettings
-from ..evaluation import choices
+from ..evaluation import choices, plots
 from ..models.loading import LoadedModel
 from . import options as o
-from .output import model_json
+from .output import model_json, write_json
 
 LengthsOpt = Annotated[
     str,
@@ -24,33 +25,74 @@ CachesOpt = Annotated[
 ]
 
 
-def compared(kinds: str, shared: o.CacheChoice) -> list[CacheSettings]:
-    """One set of settings per policy named in ``kinds``, each with the other cache flags."""
-    picked = [replace(shared.settings, kind=kind) for kind in choices.parse_policies(kinds)]
-    for settings in picked:
-        settings.check()
-    return picked
+@dataclass
+class Comparison:
+    """One eval run: the lengths, the policies side by side (each --cache kind with the other
+    cache flags), the figure to draw; then the model they run on (:meth:`on`)."""
 
+    lengths: list[int]
+    settings: list[CacheSettings]
+    plot: str | None
+    started: float = field(default_factory=time.perf_counter)
+    loaded: LoadedModel | None = None
+    policies: list[CachePolicy] = field(default_factory=list)
 
-def settings_json(loaded: LoadedModel, policies: list[CachePolicy]) -> dict[str, Any]:
-    """The model and cache settings every JSON output starts with."""
-    windowed = next((p for p in policies if p.kind != "full"), None)
-    return {
-        **model_json(loaded),
-        "native_window": loaded.native_window or None,
-        "window": windowed.window if windowed else None,
-        "sink": policies[0].sink,
-        "recent": policies[0].recent,
-        "ratio": policies[0].ratio,
-    }
+    @classmethod
+    def of(cls, lengths: str, kinds: str, shared: o.CacheChoice, plot: str | None) -> Comparison:
+        """Parse and check everything the flags say, before any model is loaded."""
+        wanted = choices.parse_lengths(lengths)
+        picked = [replace(shared.settings, kind=kind) for kind in choices.parse_policies(kinds)]
+        for settings in picked:
+            settings.check()
+        if plot:
+            plots.require_matplotlib()
+        return cls(wanted, picked, plot)
 
+    def on(self, loaded: LoadedModel) -> list[CachePolicy]:
+        """The policies on this model (its checkpoint's settings where the flags say nothing)."""
+        self.loaded = loaded
+        self.policies = [loaded.cache_policy(settings) for settings in self.settings]
+        return self.policies
 
-def plot_title(loaded: LoadedModel, policies: list[CachePolicy]) -> str:
-    settings = settings_json(loaded, policies)
-    return (
-        f"{settings['model']} · window {settings['window']} · sink {settings['sink']} · "
-        f"recent {settings['recent']} · ratio {settings['ratio']}"
-    )
+    def settings_json(self) -> dict[str, Any]:
+        """The model and cache settings every JSON output starts with."""
+        assert self.loaded is not None
+        windowed = next((p for p in self.policies if p.kind != "full"), None)
+        first = self.policies[0]
+        return {
+            **model_json(self.loaded),
+            "native_window": self.loaded.native_window or None,
+            "window": windowed.window if windowed else None,
+            "sink": first.sink,
+            "recent": first.recent,
+            "ratio": first.ratio,
+        }
+
+    def title(self) -> str:
+        """A figure's title."""
+        settings = self.settings_json()
+        return (
+            f"{settings['model']} · window {settings['window']} · sink {settings['sink']} · "
+            f"recent {settings['recent']} · ratio {settings['ratio']}"
+        )
+
+    def draw(self, plot: Callable[..., Any], results: Any) -> None:
+        """Draw ``results`` with ``plot`` (one of :mod:`freqkv_cli.evaluation.plots`) if --plot asks."""
+        if self.plot:
+            plot(results, self.plot, title=self.title())
+
+    def write_json(self, **results: Any) -> None:
+        """The settings, what was compared, ``results``, the figure and the time, as one object."""
+        write_json(
+            {
+                **self.settings_json(),
+                "caches": [p.kind for p in self.policies],
+                "lengths": self.lengths,
+                **results,
+                "plot": self.plot,
+                "seconds": round(time.perf_counter() - self.started, 3),
+            }
+        )
 
 
 def encoder(loaded: LoadedModel, special: bool) -> Callable[[str], list[int]]:

@@ -193,15 +193,17 @@ def _size(text: str | None) -> int | None:
 @dataclass
 class CacheChoice:
     """The cache flags as given: ``settings`` holds them for the library to resolve (None: the
-    checkpoint's, else the model's); sizes such as 4k are parsed here, so a bad one fails first."""
+    checkpoint's, else the model's); sizes such as 4k are parsed here, so a bad one fails first.
+    ``reread``: how many passages qa quotes again before its question (the other commands, 0)."""
 
-    cache: CacheOpt = "hybrid"
     window: WindowOpt = None
     ctx: CtxOpt = None
     sink: SinkOpt = None
     recent: RecentOpt = None
     ratio: RatioOpt = None
     exact: ExactOpt = None
+    cache: CacheOpt = "hybrid"
+    reread: RereadOpt = 0
     select: SelectOpt = None
     settings: CacheSettings = field(init=False)
     ctx_tokens: int | None = field(init=False)
@@ -311,8 +313,8 @@ class Options:
 
 
 MODEL = Options(ModelChoice)
-CACHE = Options(CacheChoice).without("select")
-COMPARED = Options(CacheChoice).without("cache", "ctx")  # eval: --cache lists the policies compared
+CACHE = Options(CacheChoice).without("reread", "select")
+COMPARED = Options(CacheChoice).without("ctx", "cache", "reread")  # eval's --cache lists the policies
 ANSWER = Options(AnswerChoice)
 INPUT = Options(InputChoice)
 OUTPUT = Options(OutputChoice)
@@ -320,14 +322,19 @@ OUTPUT = Options(OutputChoice)
 
 def takes(**groups: Options) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Give a command option groups: each of its parameters named here stands, in the signature
-    Typer reads, for the group's options, and receives the group's dataclass built from them."""
+    Typer reads, for the group's options, and receives the group's dataclass built from them.
+    A command that only passes its groups on takes them as ``**groups``."""
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         hints = typing.get_type_hints(command, include_extras=True)
+        named = inspect.signature(command).parameters
         parameters: list[inspect.Parameter] = []
-        for parameter in inspect.signature(command).parameters.values():
+        for parameter in named.values():
             if parameter.name in groups:
                 parameters += groups[parameter.name].parameters()
+            elif parameter.kind is inspect.Parameter.VAR_KEYWORD:  # **groups: the ones not named
+                for name, group in groups.items():
+                    parameters += group.parameters() if name not in named else []
             else:
                 annotation = hints.get(parameter.name, parameter.annotation)
                 parameters.append(

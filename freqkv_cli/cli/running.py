@@ -14,7 +14,18 @@ from ..errors import Interrupted
 from ..models.loading import LoadedModel
 from ..session.session import ReadReport, Session
 from ..sizes import format_count
-from .options import AnswerChoice, CacheChoice, InputChoice, ModelChoice, OutputChoice
+from .options import (
+    ANSWER,
+    CACHE,
+    INPUT,
+    MODEL,
+    OUTPUT,
+    AnswerChoice,
+    CacheChoice,
+    InputChoice,
+    ModelChoice,
+    OutputChoice,
+)
 from .output import Readout, result_json, write_json
 
 
@@ -110,12 +121,15 @@ def answer(session: Session, choice: AnswerChoice, stop: StopFlag, *, stream: bo
     return Answer(result.text, len(result.token_ids), result.stop_reason)
 
 
+# What summarize and qa take (the groups ``run_document_task`` is given).
+DOCUMENT_TASK = {"model": MODEL, "cache": CACHE, "answering": ANSWER, "source": INPUT, "output": OUTPUT}
+
+
 def run_document_task(
     path: str,
     *,
     task: str,
     question: str | None = None,
-    reread: int = 0,
     model: ModelChoice,
     cache: CacheChoice,
     answering: AnswerChoice,
@@ -138,7 +152,7 @@ def run_document_task(
             task=task,
             question=question,
             reserve=answering.max_new_tokens,
-            reread=reread,
+            reread=cache.reread,
         )
         tokens_in = session.tokens_held
         if stop():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from typing import Annotated
 
@@ -15,8 +14,8 @@ from ...evaluation import needle as needle_lib
 from ...session.session import Session
 from ...sizes import format_size
 from .. import options as o
-from ..comparing import CachesOpt, LengthsOpt, compared, encoder, plot_title, settings_json
-from ..output import show_table, table, tables_console, write_json
+from ..comparing import CachesOpt, Comparison, LengthsOpt, encoder
+from ..output import show_table, table, tables_console
 
 
 @o.takes(shared=o.COMPARED, model=o.MODEL, output=o.OUTPUT)
@@ -59,13 +58,10 @@ def needle(
 
       freqkv eval needle --lengths 2k,4k --plot needle_lib.png
     """
-    wanted = choices.parse_lengths(lengths)
+    comparison = Comparison.of(lengths, cache, shared, plot)
+    wanted = comparison.lengths
     where = choices.parse_depths(depths)
-    picked = compared(cache, shared)
-    if plot:
-        plots.require_matplotlib()
     readout = output.readout
-    started = time.perf_counter()
     if haystack is not None:
         source, text = haystack, open_document(haystack).text()
     else:
@@ -73,7 +69,7 @@ def needle(
     if not text.strip():
         raise InputError(f"{source}: the haystack has no text")
     loaded = model.load(readout)
-    policies = [loaded.cache_policy(settings) for settings in picked]
+    policies = comparison.on(loaded)
     # Session.encode's convention (no BOS): the document goes in as freqkv qa streams it.
     encode = encoder(loaded, special=False)
     decode = loaded.tokenizer.decode  # type: ignore[attr-defined]
@@ -114,25 +110,17 @@ def needle(
                 f"{source} is shorter than {format_size(length)} tokens: repeated {repeats + 1} times"
             )
     cells = needle_lib.needle_accuracy(trials)
-    if plot:
-        plots.plot_needle(cells, plot, title=plot_title(loaded, policies))
+    comparison.draw(plots.plot_needle, cells)
     if output.as_json:
-        write_json(
-            {
-                **settings_json(loaded, policies),
-                "caches": [p.kind for p in policies],
-                "lengths": wanted,
-                "depths": where,
-                "seeds": seeds,
-                "haystack": source,
-                "needle": needle_lib.NEEDLE,
-                "question": needle_lib.QUESTION,
-                "results": [asdict(trial) for trial in trials],
-                "grid": [{**asdict(cell), "accuracy": cell.accuracy} for cell in cells],
-                "accuracy": _overall(trials),
-                "plot": plot,
-                "seconds": round(time.perf_counter() - started, 3),
-            }
+        comparison.write_json(
+            depths=where,
+            seeds=seeds,
+            haystack=source,
+            needle=needle_lib.NEEDLE,
+            question=needle_lib.QUESTION,
+            results=[asdict(trial) for trial in trials],
+            grid=[{**asdict(cell), "accuracy": cell.accuracy} for cell in cells],
+            accuracy=_overall(trials),
         )
         return
     grid = _needle_table(cells, loaded.native_window)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -12,12 +11,12 @@ from rich.table import Table
 
 from ...documents import open_document
 from ...errors import InputError
-from ...evaluation import choices, plots
 from ...evaluation import perplexity as ppl_lib
+from ...evaluation import plots
 from ...sizes import format_count, format_size
 from .. import options as o
-from ..comparing import CachesOpt, LengthsOpt, compared, encoder, plot_title, settings_json
-from ..output import show_table, table, tables_console, write_json
+from ..comparing import CachesOpt, Comparison, LengthsOpt, encoder
+from ..output import show_table, table, tables_console
 
 EXTRAPOLATED_NOTE = "* past the model's native window ({native} positions): RoPE extrapolation"
 
@@ -52,15 +51,12 @@ def ppl(
 
       freqkv eval ppl book.txt --lengths 2k,4k,8k --plot ppl.png
     """
-    wanted = choices.parse_lengths(lengths)
-    picked = compared(cache, shared)
-    if plot:
-        plots.require_matplotlib()
+    comparison = Comparison.of(lengths, cache, shared, plot)
+    wanted = comparison.lengths
     readout = output.readout
-    started = time.perf_counter()
     documents = [open_document(path) for path in files]  # bad input fails before loading
     loaded = model.load(readout)
-    policies = [loaded.cache_policy(settings) for settings in picked]
+    policies = comparison.on(loaded)
     encode = encoder(loaded, special=True)  # the tokenizer's own BOS convention, as in training
 
     contexts: list[tuple[str, list[int]]] = []
@@ -100,23 +96,13 @@ def ppl(
                     f"({run.seconds:.1f} s, {run.tokens / max(run.seconds, 1e-9):,.0f} tok/s)"
                 )
     summary = ppl_lib.perplexity_summary(runs)
-    if plot:
-        plots.plot_perplexity(summary, plot, title=plot_title(loaded, policies))
+    comparison.draw(plots.plot_perplexity, summary)
     if output.as_json:
-        write_json(
-            {
-                **settings_json(loaded, policies),
-                "caches": [p.kind for p in policies],
-                "lengths": wanted,
-                "files": [name for name, _ in contexts],
-                "results": [_run_json(run) for run in runs],
-                "summary": [
-                    {**asdict(row), "ppl": row.ppl, "seconds": round(row.seconds, 3)} for row in summary
-                ],
-                "skipped": skipped,
-                "plot": plot,
-                "seconds": round(time.perf_counter() - started, 3),
-            }
+        comparison.write_json(
+            files=[name for name, _ in contexts],
+            results=[_run_json(run) for run in runs],
+            summary=[{**asdict(row), "ppl": row.ppl, "seconds": round(row.seconds, 3)} for row in summary],
+            skipped=skipped,
         )
         return
     console = tables_console(output.no_color)

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ...errors import UsageError
 from .. import options as o
-from ..running import run_document_task
+from ..running import DOCUMENT_TASK, run_document_task
 
 
 @o.takes(
-    model=o.MODEL,
-    cache=o.CACHE,
-    answering=o.ANSWER.defaults(max_new_tokens=200),
-    source=o.INPUT,
-    output=o.OUTPUT,
+    **DOCUMENT_TASK
+    | {
+        "cache": o.Options(o.CacheChoice).without("select").defaults(reread=8),
+        "answering": o.ANSWER.defaults(max_new_tokens=200),
+    }
 )
 def qa(
     path: o.PathArg,
     question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
-    *,
-    model: o.ModelChoice,
-    cache: o.CacheChoice,
-    reread: o.RereadOpt = 8,
-    answering: o.AnswerChoice,
-    source: o.InputChoice,
-    output: o.OutputChoice,
+    **groups: Any,
 ) -> None:
     """Answer a question about a document.
 
@@ -45,14 +39,4 @@ def qa(
     """
     if not question.strip():
         raise UsageError("the question is empty")
-    run_document_task(
-        path,
-        task="qa",
-        question=question.strip(),
-        reread=reread,
-        model=model,
-        cache=cache,
-        answering=answering,
-        source=source,
-        output=output,
-    )
+    run_document_task(path, task="qa", question=question.strip(), **groups)

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import options as o
-from ..running import run_document_task
+from ..running import DOCUMENT_TASK, run_document_task
 
 
-@o.takes(model=o.MODEL, cache=o.CACHE, answering=o.ANSWER, source=o.INPUT, output=o.OUTPUT)
-def summarize(
-    path: o.PathArg,
-    model: o.ModelChoice,
-    cache: o.CacheChoice,
-    answering: o.AnswerChoice,
-    source: o.InputChoice,
-    output: o.OutputChoice,
-) -> None:
+@o.takes(**DOCUMENT_TASK)
+def summarize(path: o.PathArg, **groups: Any) -> None:
     """Summarize a document of any length: the whole text streams through the compressed cache.
 
     Examples:
@@ -25,6 +20,4 @@ def summarize(
 
       freqkv summarize notes.md --window 2k --json | jq -r .answer
     """
-    run_document_task(
-        path, task="summarize", model=model, cache=cache, answering=answering, source=source, output=output
-    )
+    run_document_task(path, task="summarize", **groups)
