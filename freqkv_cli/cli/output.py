@@ -51,7 +51,6 @@ class Readout:
     def __init__(self, *, quiet: bool, force_progress: bool, no_color: bool) -> None:
         self.console = Console(stderr=True, no_color=no_color, highlight=False)
         self.quiet = quiet
-        self.no_color = no_color
         self.show_progress = not quiet and (force_progress or self.console.is_terminal)
 
     def info(self, message: str) -> None:
