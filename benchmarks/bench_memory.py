@@ -54,6 +54,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def in_new_process(*argv: str) -> dict:
+    """Run this script with ``argv`` in a new process; its last stdout line as JSON."""
+    done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def needle(args: argparse.Namespace) -> list[dict]:
     loaded = load_model("default", device=args.device)
     tuned = loaded.cache_policy(CacheSettings(kind="hybrid"))
@@ -115,11 +123,7 @@ def sizes(args: argparse.Namespace) -> list[dict]:
             started = time.perf_counter()
             save_session(session, path)
             save_seconds = time.perf_counter() - started
-            ask = subprocess.run(
-                [sys.executable, __file__, "ask", str(path), "--device", args.device, "--model", "default"],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            asked = json.loads(ask.stdout.strip().splitlines()[-1])
+            asked = in_new_process("ask", str(path), "--device", args.device, "--model", "default")
             row = {
                 "tokens": session.stats().tokens_seen,
                 "read_tok_s": round(session.stats().tokens_seen / read_seconds),
@@ -229,12 +233,10 @@ def big(args: argparse.Namespace) -> list[dict]:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     question = f"What follows w{words[len(words) // 2]} w{words[len(words) // 2 + 1]}?"
-    out = subprocess.run(
-        [sys.executable, __file__, "ask", str(path), "--device", args.device,
-         "--model", "smoke" if args.smoke else "big",
-         "--question", question, "--decode", "32"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    model = "smoke" if args.smoke else "big"
+    asked = in_new_process(
+        "ask", str(path), "--device", args.device, "--model", model, "--question", question
+    )
     row = {
         "tokens": args.tokens,
         "window": args.window,
@@ -243,7 +245,7 @@ def big(args: argparse.Namespace) -> list[dict]:
         "peak_gib": round(peak, 2),
         "file_bytes": path.stat().st_size,
         "save_s": round(save_seconds, 2),
-        **json.loads(out.stdout.strip().splitlines()[-1]),
+        **asked,
     }
     print(json.dumps(row), flush=True)
     return [row]
@@ -269,7 +271,7 @@ def main() -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--device", default="cpu")
     p.add_argument("--question", default="Who is the first speaker?")
-    p.add_argument("--decode", type=int, default=16)
+    p.add_argument("--decode", type=int, default=32)
     p = sub.add_parser("big")
     p.add_argument("--tokens", type=int, default=1_000_000)
     p.add_argument("--window", type=int, default=4096)
