@@ -92,10 +92,11 @@ def test_every_policy_and_recall_method_goes_on_where_it_stopped(
     torch.testing.assert_close(other_logits, logits, atol=1e-5, rtol=1e-5)
 
 
-def test_lexical_recall_quotes_the_sentence_that_answers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["tokens", "words", "both"])
+def test_lexical_recall_quotes_the_sentence_that_answers(tmp_path: Path, method: str) -> None:
     folder = save_tiny_model(tmp_path / "model")
     session = read_and_save(folder, tmp_path / "book.fkv", POLICY)
-    quoted = [session.tokenizer.decode(ids) for ids in recall(session, QUESTION, 3, "lexical")]
+    quoted = [session.tokenizer.decode(ids) for ids in recall(session, QUESTION, 3, method)]
     assert any("Oskar Brandvold" in text for text in quoted), quoted
     for text in quoted:  # byte tokens: each passage is a piece of the book
         assert text in BOOK
@@ -110,7 +111,7 @@ def test_the_kv_part_of_a_memory_is_the_window_whatever_the_length(tmp_path: Pat
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            kv = sum(f.get_tensor(k).nbytes for k in f if ".layer." in k)
+            kv = sum(f.get_tensor(k).nbytes for k in f.keys() if ".layer." in k)  # noqa: SIM118 - safe_open is no mapping
             ids = f.get_tensor("document_ids")
         sizes[repeats] = kv
         assert ids.element_size() <= 4 and ids.numel() >= len(" ".join([BOOK] * repeats).encode()) - 1

@@ -130,32 +130,39 @@ class PassageIndex:
         question, say) comes whole; widened passages that then overlap or touch are merged into one
         (the better score), so fewer than `top` may come back.
         """
-        if top < 1:
-            raise UsageError(f"the number of passages must be at least 1, not {top}")
-        if margin < 0:
-            raise UsageError(f"the passage margin must be at least 0 tokens, not {margin}")
-        scores = self.scores(question)
-        order = np.lexsort((self.starts[: len(scores)], -scores))
-        chosen: list[Passage] = []
-        for k in order.tolist():
-            score = float(scores[k])
-            if score <= 0.0 or len(chosen) == top:
-                break
-            start, end = int(self.starts[k]), int(self.ends[k])
-            if all(end <= other.start or start >= other.end for other in chosen):
-                chosen.append(Passage(start, end, score))
-        if margin == 0:
-            return chosen
-        merged: list[Passage] = []
-        for passage in sorted(chosen, key=lambda p: p.start):
-            start, end = max(0, passage.start - margin), min(self.tokens, passage.end + margin)
-            if merged and start <= merged[-1].end:
-                last = merged.pop()
-                start, end, score = last.start, max(end, last.end), max(last.score, passage.score)
-            else:
-                score = passage.score
-            merged.append(Passage(start, end, score))
-        return sorted(merged, key=lambda p: (-p.score, p.start))
+        return pick(self.starts, self.ends, self.tokens, self.scores(question), top=top, margin=margin)
+
+
+def pick(
+    starts: np.ndarray, ends: np.ndarray, tokens: int, scores: np.ndarray, *, top: int, margin: int
+) -> list[Passage]:
+    """The `top` best of the windows ``starts``/``ends`` (token offsets into a document of
+    ``tokens`` tokens) by ``scores``, chosen as `PassageIndex.rank` says."""
+    if top < 1:
+        raise UsageError(f"the number of passages must be at least 1, not {top}")
+    if margin < 0:
+        raise UsageError(f"the passage margin must be at least 0 tokens, not {margin}")
+    order = np.lexsort((starts[: len(scores)], -scores))
+    chosen: list[Passage] = []
+    for k in order.tolist():
+        score = float(scores[k])
+        if score <= 0.0 or len(chosen) == top:
+            break
+        start, end = int(starts[k]), int(ends[k])
+        if all(end <= other.start or start >= other.end for other in chosen):
+            chosen.append(Passage(start, end, score))
+    if margin == 0:
+        return chosen
+    merged: list[Passage] = []
+    for passage in sorted(chosen, key=lambda p: p.start):
+        start, end = max(0, passage.start - margin), min(tokens, passage.end + margin)
+        if merged and start <= merged[-1].end:
+            last = merged.pop()
+            start, end, score = last.start, max(end, last.end), max(last.score, passage.score)
+        else:
+            score = passage.score
+        merged.append(Passage(start, end, score))
+    return sorted(merged, key=lambda p: (-p.score, p.start))
 
 
 def _joins_cleanly(
