@@ -22,6 +22,8 @@ import typer
 from ..cache.policy import POLICIES, CacheSettings
 from ..documents import Document, open_document
 from ..engine.sampling import Sampler
+from ..errors import UsageError
+from ..memory.recall import DEFAULT_RECALL, RECALL_METHODS
 from ..models.loading import LoadedModel, load_model
 from ..sizes import parse_size
 from .output import Readout
@@ -115,6 +117,24 @@ SelectOpt = Annotated[
     ),
 ]
 CacheOpt = Annotated[str, option("--cache", help=f"Cache policy: {', '.join(POLICIES)}.")]
+RecallOpt = Annotated[
+    str,
+    option(
+        "--recall",
+        help="qa on a saved memory (.fkv): how the --reread passages are found: "
+        f"{', '.join(RECALL_METHODS)} (docs/BENCHMARKS.md section 7).",
+    ),
+]
+SaveOpt = Annotated[
+    str | None,
+    option(
+        "--save",
+        metavar="FILE.fkv",
+        panel=OUTPUT_PANEL,
+        help="Also keep the read document as a memory file: later questions on FILE.fkv need no "
+        "re-reading (the document is then read before the question, as `freqkv read` does).",
+    ),
+]
 
 # -- answers -----------------------------------------------------------------------------------
 MaxNewOpt = Annotated[
@@ -205,6 +225,7 @@ class CacheChoice:
     cache: CacheOpt = "hybrid"
     reread: RereadOpt = 0
     select: SelectOpt = None
+    recall: RecallOpt = DEFAULT_RECALL
     settings: CacheSettings = field(init=False)
     ctx_tokens: int | None = field(init=False)
 
@@ -219,6 +240,14 @@ class CacheChoice:
             selector=self.select,
         )
         self.ctx_tokens = _size(self.ctx)
+        if self.recall not in RECALL_METHODS:
+            raise UsageError(f"--recall '{self.recall}' is not one of {', '.join(RECALL_METHODS)}")
+
+    def given(self) -> list[str]:
+        """The flags of the cache settings given explicitly (a saved memory keeps its own)."""
+        names = {"window": "--window", "sink": "--sink", "recent": "--recent", "ratio": "--ratio"}
+        names.update({"exact": "--exact", "selector": "--select"})
+        return [flag for name, flag in names.items() if getattr(self.settings, name) is not None]
 
 
 @dataclass
@@ -313,8 +342,10 @@ class Options:
 
 
 MODEL = Options(ModelChoice)
-CACHE = Options(CacheChoice).without("reread", "select")
-COMPARED = Options(CacheChoice).without("ctx", "cache", "reread")  # eval's --cache lists the policies
+CACHE = Options(CacheChoice).without("reread", "select", "recall")
+COMPARED = Options(CacheChoice).without(
+    "ctx", "cache", "reread", "recall"
+)  # eval's --cache lists the policies
 ANSWER = Options(AnswerChoice)
 INPUT = Options(InputChoice)
 OUTPUT = Options(OutputChoice)

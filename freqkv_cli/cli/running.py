@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..documents import Document
-from ..errors import Interrupted
+from ..errors import Interrupted, UsageError
+from ..memory.file_format import is_memory_file
+from ..memory.recall import recall
+from ..memory.saved import load_session, save_session
 from ..models.loading import LoadedModel
+from ..session.prompts import SUMMARIZE_INSTRUCTION
 from ..session.session import ReadReport, Session
-from ..sizes import format_count
+from ..sizes import format_bytes, format_count
 from .options import (
     ANSWER,
     CACHE,
@@ -73,6 +79,7 @@ def read_into(
     question: str | None = None,
     reserve: int = 0,
     reread: int = 0,
+    finish: bool = True,
 ) -> ReadReport:
     """Stream a document with live progress; warn (never silently) about anything lost."""
     total_chars = len(document.text()) if document.kind == "text" else None
@@ -83,6 +90,7 @@ def read_into(
             question=question,
             reserve=reserve,
             reread=reread,
+            finish=finish,
             on_progress=on_progress,
             should_stop=stop,
         )
@@ -121,6 +129,8 @@ def answer(session: Session, choice: AnswerChoice, stop: StopFlag, *, stream: bo
     return Answer(result.text, len(result.token_ids), result.stop_reason)
 
 
+SUMMARIZE_TURN = SUMMARIZE_INSTRUCTION.replace("the following document", "the document above")
+
 # What summarize and qa take (the groups ``run_document_task`` is given).
 DOCUMENT_TASK = {"model": MODEL, "cache": CACHE, "answering": ANSWER, "source": INPUT, "output": OUTPUT}
 
@@ -130,58 +140,135 @@ def run_document_task(
     *,
     task: str,
     question: str | None = None,
+    save: str | None = None,
     model: ModelChoice,
     cache: CacheChoice,
     answering: AnswerChoice,
     source: InputChoice,
     output: OutputChoice,
 ) -> None:
-    """summarize / qa: check input, load, stream the document, answer, report."""
+    """summarize / qa: check input, load, read the document (or load a saved memory of it),
+    answer, report. ``save``: keep the read as a memory file too."""
     cache.settings.check()
     readout = output.readout
     started = time.perf_counter()
-    document = source.open(path)  # before the model: bad input fails fast
-    session = make_session(model.load(readout), cache, answering.system)
+    memory = is_memory_file(path)
+    if memory:
+        refuse_cache_flags(cache, path)
+    else:
+        document = source.open(path)  # before the model: bad input fails fast
+    if save is not None:
+        check_writable(save)
+    loaded = model.load(readout)
     stop = StopFlag()
     with stop.armed():
-        report = read_into(
-            session,
-            document,
-            readout,
-            stop,
-            task=task,
-            question=question,
-            reserve=answering.max_new_tokens,
-            reread=cache.reread,
-        )
+        if memory:
+            with readout.status(f"loading memory {path} ..."):
+                loaded_memory = load_session(loaded, path, ctx=cache.ctx_tokens)
+            session = loaded_memory.session
+            extra = memory_json(session, loaded_memory.seconds)
+        else:
+            session = make_session(loaded, cache, answering.system)
+            later = save is not None  # a memory must not depend on this question
+            report = read_into(
+                session,
+                document,
+                readout,
+                stop,
+                task="read" if later else task,
+                question=None if later else question,
+                reserve=answering.max_new_tokens,
+                reread=cache.reread,
+                finish=not later,
+            )
+            if stop():
+                raise Interrupted("interrupted while reading")
+            if later:
+                keep_memory(session, save, readout)  # type: ignore[arg-type]
+            extra = {
+                "document": document.name,
+                "document_tokens": report.tokens,
+                "document_tokens_total": report.tokens_total,
+                "truncated": report.truncated,
+                "warnings": report.warnings,
+                "memory": False,
+                "pages": document.page_count,
+            }
+        if memory or save is not None:
+            ask_after_reading(session, task, question, cache)
         tokens_in = session.tokens_held
-        if stop():
-            raise Interrupted("interrupted while reading")
         result = answer(session, answering, stop, stream=not output.as_json)
     seconds = time.perf_counter() - started
     if output.as_json:
+        pages = extra.pop("pages", None)
         data = result_json(
             session=session,
             answer=result.text,
             tokens_in=tokens_in,
             tokens_out=result.tokens_out,
             seconds=seconds,
-            pages=document.page_count,
-            extra={
-                "document": document.name,
-                "document_tokens": report.tokens,
-                "document_tokens_total": report.tokens_total,
-                "truncated": report.truncated,
-                "stop_reason": result.stop_reason,
-                "warnings": report.warnings,
-            },
+            pages=pages,
+            extra={**extra, "stop_reason": result.stop_reason},
         )
         write_json(data)
     else:
+        read_line = (
+            f"memory loaded in {extra['load_seconds']:.2f} s"
+            if memory
+            else f"{format_count(report.tokens)} document tokens in {report.seconds:.1f} s "
+            f"({report.tokens / max(report.seconds, 1e-9):,.0f} tok/s)"
+        )
         readout.info(
-            f"{readout.memory_line(session)} · {format_count(report.tokens)} document tokens in "
-            f"{report.seconds:.1f} s ({report.tokens / max(report.seconds, 1e-9):,.0f} tok/s) · "
-            f"{result.tokens_out} tokens out · {seconds:.1f} s in all"
+            f"{readout.memory_line(session)} · {read_line} · {result.tokens_out} tokens out · "
+            f"{seconds:.1f} s in all"
         )
     if result.stop_reason == "interrupted":
         raise Interrupted("interrupted: the answer above is incomplete")
+
+
+def ask_after_reading(session: Session, task: str, question: str | None, cache: CacheChoice) -> None:
+    """Close the document turn a memory left open with ``task``'s words: for qa, the passages
+    recalled for the question (``--reread`` of them, found by ``--recall``) quoted before it."""
+    if session.open_task is None:  # a conversation saved between turns: the question is a new turn
+        session.add_user_turn(question if question is not None else SUMMARIZE_TURN)
+        return
+    passages = recall(session, question, cache.reread, cache.recall) if question is not None else None
+    session.finish_document(task, question, passages=passages)
+
+
+def refuse_cache_flags(cache: CacheChoice, path: str) -> None:
+    given = cache.given()
+    if given:
+        raise UsageError(
+            f"{path} is a saved memory: it keeps the cache settings it was read with; drop {', '.join(given)}"
+        )
+
+
+def check_writable(path: str) -> None:
+    """Refuse, before any reading, a memory file that could not be written."""
+    folder = Path(path).expanduser().resolve().parent
+    if Path(path).is_dir():
+        raise UsageError(f"cannot write the memory to '{path}': it is a folder")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write the memory to '{path}': '{folder}' is not a writable folder")
+
+
+def keep_memory(session: Session, path: str, readout: Readout) -> None:
+    started = time.perf_counter()
+    header = save_session(session, path)
+    size = Path(path).stat().st_size
+    readout.info(
+        f"kept the memory of {format_count(header.tokens_read)} tokens in {path} "
+        f"({format_bytes(size)}, {time.perf_counter() - started:.1f} s)"
+    )
+
+
+def memory_json(session: Session, seconds: float) -> dict:
+    documents = session.documents
+    return {
+        "document": ", ".join(str(d["name"]) for d in documents),
+        "document_tokens": sum(int(d["tokens"]) for d in documents),
+        "memory": True,
+        "load_seconds": round(seconds, 3),
+        "pages": sum(d["pages"] or 0 for d in documents) or None,
+    }

@@ -8,14 +8,27 @@ from typing import Annotated
 
 import typer
 
-from ...errors import ContextLimitError, FreqKVError, Interrupted
+from ...errors import ContextLimitError, FreqKVError, Interrupted, UsageError
+from ...memory.file_format import is_memory_file
+from ...memory.saved import load_session
 from ...models.default import freqkv_home
 from ...session.session import Session
 from .. import options as o
 from ..output import Readout
-from ..running import StopFlag, answer, make_session, read_into
+from ..running import (
+    StopFlag,
+    answer,
+    check_writable,
+    keep_memory,
+    make_session,
+    read_into,
+    refuse_cache_flags,
+)
 
-HELP_TEXT = "commands: /read FILE · /stats · /reset · /exit (or Ctrl-D) · Ctrl-C stops an answer"
+HELP_TEXT = (
+    "commands: /read FILE · /save FILE.fkv · /load FILE.fkv · /stats · /reset · /exit (or Ctrl-D) · "
+    "Ctrl-C stops an answer"
+)
 
 
 def _enable_line_editing() -> None:
@@ -60,9 +73,11 @@ def chat(
     The whole conversation stays in the compressed cache, so it can run far past the
     model's window.
 
-    In the chat: /read FILE reads another document, /stats shows memory, /reset starts
-    over, /exit or Ctrl-D leaves, Ctrl-C stops an answer and returns to the prompt. With
-    standard input not a terminal, each input line is one turn.
+    In the chat: /read FILE reads another document, /save FILE.fkv keeps the whole
+    conversation (documents and history) and /load FILE.fkv goes on from one, /stats shows
+    memory, /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops an answer and returns
+    to the prompt. With standard input not a terminal, each input line is one turn. A memory
+    file (from `freqkv read` or /save) given first goes on where it stopped.
 
     Examples:
 
@@ -71,12 +86,25 @@ def chat(
       freqkv chat book.pdf --window 2k
 
       printf 'Who is the narrator?\\nWhere does he go?\\n' | freqkv chat samples/botchan.txt
+
+      freqkv chat book.fkv
     """
     cache.settings.check()
     readout = output.readout
-    documents = [source.open(path) for path in paths or []]  # fail before loading
+    paths = list(paths or [])
+    memory = paths.pop(0) if paths and is_memory_file(paths[0]) else None
+    if any(is_memory_file(path) for path in paths):
+        raise UsageError("a saved memory (.fkv) can only come first: it is the conversation to go on with")
+    if memory is not None:
+        refuse_cache_flags(cache, memory)
+    documents = [source.open(path) for path in paths]  # fail before loading
     loaded = model.load(readout)
-    session = make_session(loaded, cache, answering.system)
+    if memory is not None:
+        session = load_session(loaded, memory, ctx=cache.ctx_tokens).session
+        if session.open_task is not None:  # read by `freqkv read`: the document's turn ends here
+            session.finish_document(session.open_task)
+    else:
+        session = make_session(loaded, cache, answering.system)
     stop = StopFlag()
     interactive = sys.stdin.isatty()
     if interactive:
@@ -105,8 +133,11 @@ def chat(
         if not text:
             continue
         if text.startswith("/"):
-            if _command(text, session, readout, stop, source) == "exit":
+            outcome = _command(text, session, readout, stop, source)
+            if outcome == "exit":
                 return
+            if isinstance(outcome, Session):  # /load: the conversation goes on from the file
+                session = outcome
             continue
         try:
             with stop.armed():
@@ -123,7 +154,8 @@ def chat(
 
 def _command(
     text: str, session: Session, readout: Readout, stop: StopFlag, source: o.InputChoice
-) -> str | None:
+) -> str | Session | None:
+    """Carry out a /command: ``"exit"``, a session to go on with (/load), or None."""
     name, _, argument = text.partition(" ")
     if name in ("/exit", "/quit"):
         return "exit"
@@ -143,6 +175,23 @@ def _command(
             readout.info(f"(read {report.tokens:,} tokens of {document.name})")
         except Interrupted:
             readout.warn("reading stopped; the part already read stays in the conversation")
+        except FreqKVError as exc:  # a bad file must not end the chat
+            readout.warn(str(exc))
+    elif name in ("/save", "/load"):
+        if not argument.strip():
+            readout.warn(f"usage: {name} FILE.fkv")
+            return None
+        target = str(Path(argument.strip()).expanduser())
+        try:
+            if name == "/save":
+                check_writable(target)
+                keep_memory(session, target, readout)
+            else:
+                restored = load_session(session.loaded, target, ctx=session.ctx).session
+                if restored.open_task is not None:
+                    restored.finish_document(restored.open_task)
+                readout.info(f"(went on from {target}: {restored.tokens_held:,} tokens held)")
+                return restored
         except FreqKVError as exc:  # a bad file must not end the chat
             readout.warn(str(exc))
     elif name == "/help":

@@ -21,6 +21,7 @@ from ..running import DOCUMENT_TASK, run_document_task
 def qa(
     path: o.PathArg,
     question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
+    save: o.SaveOpt = None,
     **groups: Any,
 ) -> None:
     """Answer a question about a document.
@@ -29,6 +30,9 @@ def qa(
     again after it. With the hybrid cache, the question chooses which passages stay exact,
     and the best of them (--reread) are quoted again just before the question.
 
+    PATH may be a memory file kept by `freqkv read` or --save: nothing is read again, and
+    the passages quoted before the question are recalled from it (--recall).
+
     Examples:
 
       freqkv qa report.pdf "Who signed it?"
@@ -36,7 +40,11 @@ def qa(
       freqkv qa report.pdf "Who signed it?" --json | jq -r .answer
 
       cat log.txt | freqkv qa - "Which service failed first?"
+
+      freqkv qa book.pdf "Who is the narrator?" --save book.fkv
+
+      freqkv qa book.fkv "Where does he go first?"
     """
     if not question.strip():
         raise UsageError("the question is empty")
-    run_document_task(path, task="qa", question=question.strip(), **groups)
+    run_document_task(path, task="qa", question=question.strip(), save=save, **groups)

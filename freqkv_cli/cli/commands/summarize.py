@@ -9,7 +9,7 @@ from ..running import DOCUMENT_TASK, run_document_task
 
 
 @o.takes(**DOCUMENT_TASK)
-def summarize(path: o.PathArg, **groups: Any) -> None:
+def summarize(path: o.PathArg, save: o.SaveOpt = None, **groups: Any) -> None:
     """Summarize a document of any length: the whole text streams through the compressed cache.
 
     Examples:
@@ -19,5 +19,7 @@ def summarize(path: o.PathArg, **groups: Any) -> None:
       pdftotext report.pdf - | freqkv summarize -
 
       freqkv summarize notes.md --window 2k --json | jq -r .answer
+
+      freqkv summarize book.fkv                 # a memory kept by `freqkv read`
     """
-    run_document_task(path, task="summarize", **groups)
+    run_document_task(path, task="summarize", save=save, **groups)
