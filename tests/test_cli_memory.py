@@ -82,3 +82,16 @@ def test_bad_memories_are_refused_in_one_line_and_left_alone(tiny: str, doc: Pat
     done = cli("read", str(doc), "-o", str(tmp_path / "missing" / "x.fkv"), "-m", tiny)
     assert done.returncode == EXIT_USAGE and "writable" in one_line_error(done.stderr.decode())
     assert memory.read_bytes() == data
+
+
+def test_eval_needle_asks_later_from_memory_files(tiny: str, capsys: pytest.CaptureFixture) -> None:
+    args = ["eval", "needle", "-m", tiny, "--lengths", "600", "--depths", "0.5", "--seeds", "1"]
+    args += ["--cache", "hybrid,freqkv", "--window", "256", "--later", "both,none", "--json"]
+    assert run(args) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    caches = [trial["cache"] for trial in results]
+    asked = [f"{kind}{way}" for kind in ("hybrid", "freqkv") for way in ("", " later/both", " later/none")]
+    assert caches == asked
+    keys = {trial["key"] for trial in results}
+    assert len(keys) == 1  # every way of asking gets the same prompt
+    assert run([*args[:-3], "--later", "nope"]) == EXIT_USAGE

@@ -11,6 +11,7 @@ from ...documents import open_document
 from ...errors import InputError, UsageError
 from ...evaluation import choices, plots
 from ...evaluation import needle as needle_lib
+from ...memory.recall import RECALL_METHODS
 from ...session.session import Session
 from ...sizes import format_size
 from .. import options as o
@@ -35,6 +36,16 @@ def needle(
             help="Text to hide the needle in [an excerpt of Botchan, public domain, shipped].",
         ),
     ] = None,
+    later: Annotated[
+        str | None,
+        o.option(
+            "--later",
+            panel=None,
+            help="Also read each prompt's document with no question in sight, keep it as a memory "
+            "file, and ask from that file once per recall method named here, e.g. both,tokens,none "
+            "(rows 'POLICY later/METHOD').",
+        ),
+    ] = None,
     max_new_tokens: Annotated[
         int, o.option("--max-new-tokens", "-n", min=1, panel=o.OUTPUT_PANEL, help="Answer length.")
     ] = 16,
@@ -57,8 +68,14 @@ def needle(
       freqkv eval needle --depths 0.5 --seeds 10 --haystack book.txt --json
 
       freqkv eval needle --lengths 2k,4k --plot needle_lib.png
+
+      freqkv eval needle --lengths 4k,16k --cache hybrid,freqkv --later both,none
     """
     comparison = Comparison.of(lengths, cache, shared, plot)
+    methods = [m.strip() for m in later.split(",") if m.strip()] if later is not None else []
+    unknown = [m for m in methods if m not in RECALL_METHODS]
+    if unknown or (later is not None and not methods):
+        raise UsageError(f"--later takes recall methods among {', '.join(RECALL_METHODS)}, not {later!r}")
     wanted = comparison.lengths
     where = choices.parse_depths(depths)
     readout = output.readout
@@ -79,10 +96,11 @@ def needle(
 
     trials: list[needle_lib.NeedleTrial] = []
     repeated: dict[int, int] = {}
-    total = len(wanted) * len(where) * seeds * len(policies)
+    rounds = 2 if methods else 1  # a memory read is one more read of every prompt
+    total = len(wanted) * len(where) * seeds * len(policies) * rounds
     bar = readout.progress("{task.description}", "{task.completed:,.0f}/{task.total:,.0f} tok", bar_width=40)
     with bar:
-        task = bar.add_task("", total=sum(wanted) * len(where) * seeds * len(policies))
+        task = bar.add_task("", total=sum(wanted) * len(where) * seeds * len(policies) * rounds)
         for length in wanted:
             for depth in where:
                 for seed in range(seeds):
@@ -104,6 +122,16 @@ def needle(
                         )
                         trials.append(trial)
                         bar.advance(task, length)
+                        if methods:
+                            trials += needle_lib.run_read_first_trials(
+                                Session(loaded, policy),
+                                document,
+                                methods,
+                                length=length,
+                                seed=seed,
+                                max_new_tokens=max_new_tokens,
+                            )
+                            bar.advance(task, length)
     for length, repeats in repeated.items():
         if repeats:
             readout.warn(
