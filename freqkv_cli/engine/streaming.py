@@ -9,7 +9,7 @@ forward call where no compression happens in between, so it changes memory, not 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +20,7 @@ from ..cache.selectors import Selector
 from ..cache.state import State, copy_of
 from ..cache.window_cache import CacheStats, WindowedCache
 from ..errors import Interrupted
+from .attention_kernels import attention_kernels
 from .passages import QUOTE_LEFT, QUOTE_RIGHT, ExactPassages
 from .query_capture import QueryCapture
 from .sampling import Sampler
@@ -140,7 +141,7 @@ class StreamingEngine:
         start = self.cache.length
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(ids), device=self.device)[None]
-        with _attention_kernels(self.device, len(ids)):
+        with attention_kernels(self.device, len(ids)):
             out = self.model.model(
                 input_ids=input_ids, position_ids=positions, past_key_values=self.cache, use_cache=True
             )
@@ -370,20 +371,6 @@ class StreamingEngine:
 
 
 QUESTION_QUERIES = 64  # last question tokens whose queries score tokens for the exact slots
-
-
-def _attention_kernels(device: torch.device, query_length: int) -> AbstractContextManager:
-    """Keep SDPA off cuDNN for decode-sized calls on CUDA.
-
-    Measured on an H100 (torch 2.11): cuDNN attention plans each new key length, ~2 ms of CPU
-    per call, ~60 ms per decoded token for a 32-layer model. For long prefill chunks it is
-    the fastest kernel, so only short calls avoid it.
-    """
-    if device.type != "cuda" or query_length > 16:
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _as_pieces(token_ids: Iterable[int] | Iterable[Sequence[int]]) -> Iterable[Sequence[int]]:

@@ -21,9 +21,7 @@ import json
 import os
 import secrets
 import struct
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,8 +33,19 @@ from safetensors.torch import load as _load_bytes
 from safetensors.torch import save as _serialize
 
 from ..errors import InputError, ModelError, UsageError
+from .header import FORMAT_VERSION, MemoryHeader
+from .token_ids import pack_ids, unpack_ids
 
-FORMAT_VERSION = 1
+__all__ = [
+    "FORMAT_VERSION",
+    "MemoryHeader",
+    "load_memory",
+    "pack_ids",
+    "read_header",
+    "save_memory",
+    "unpack_ids",
+]
+
 METADATA_KEY = "freqkv_memory"
 SUFFIX = ".fkv"
 
@@ -44,68 +53,6 @@ SUFFIX = ".fkv"
 # this is not a memory file (a text file's first 8 bytes read as a huge length).
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
 _LENGTH = struct.Struct("<Q")
-
-
-@dataclass(frozen=True, kw_only=True)
-class MemoryHeader:
-    """What a memory file says about itself; stored as JSON in the safetensors metadata.
-
-    Every value must survive JSON: tuples come back as lists, dict keys as strings.
-
-    - ``format_version``: the layout of the file; a reader refuses versions newer than its own.
-    - ``model_fingerprint`` / ``adapter_fingerprint`` / ``tokenizer_fingerprint``: who made it;
-      loading with another model or tokenizer is refused (the cache would be meaningless).
-    - ``policy``: the cache policy's fields (window, ratio, ...), as the engine resolved them.
-    - ``tokens_read``: how many tokens the model read into this memory.
-    - ``documents``: one dict per document read: ``name``, ``pages``, ``sha256``, ``tokens``.
-    - ``dtype``: the dtype the cache was held in (e.g. ``"bfloat16"``).
-    - ``created``: ISO 8601 time of writing (UTC).
-    - ``extra``: free-form state the engine needs to resume (counters, positions, ...).
-    - ``checksum``: ``"sha256:<hex>"`` over the header (without this field) and every tensor's
-      name, dtype, shape and bytes; set by `save_memory`, checked by `load_memory`.
-    """
-
-    format_version: int = FORMAT_VERSION
-    model_fingerprint: str
-    adapter_fingerprint: str | None = None
-    tokenizer_fingerprint: str
-    policy: dict[str, Any] = field(default_factory=dict)
-    tokens_read: int = 0
-    documents: list[dict[str, Any]] = field(default_factory=list)
-    dtype: str = "float32"
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    extra: dict[str, Any] = field(default_factory=dict)
-    checksum: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "header") -> MemoryHeader:
-        """Build from parsed JSON, checking each field's type; raises InputError naming `where`."""
-        expected: dict[str, tuple[type, ...]] = {
-            "format_version": (int,),
-            "model_fingerprint": (str,),
-            "adapter_fingerprint": (str, type(None)),
-            "tokenizer_fingerprint": (str,),
-            "policy": (dict,),
-            "tokens_read": (int,),
-            "documents": (list,),
-            "dtype": (str,),
-            "created": (str,),
-            "extra": (dict,),
-            "checksum": (str,),
-        }
-        missing = [name for name in expected if name not in data]
-        if missing:
-            raise InputError(f"{where} has an incomplete memory header (no {', '.join(missing)})")
-        for name, types in expected.items():
-            value = data[name]
-            if not isinstance(value, types) or (isinstance(value, bool) and int in types):
-                raise InputError(f"{where} has a damaged memory header ({name} is {type(value).__name__})")
-        if not all(isinstance(doc, dict) for doc in data["documents"]):
-            raise InputError(f"{where} has a damaged memory header (documents are not objects)")
-        return cls(**{name: data[name] for name in expected})
 
 
 def _canonical(header: Mapping[str, Any]) -> bytes:
@@ -410,35 +357,3 @@ def load_memory(
 
 
 # --- token ids -------------------------------------------------------------------------------
-
-
-def pack_ids(ids: Sequence[int] | np.ndarray | torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Token ids as a compact 1-D tensor for a memory file: (n,) int16 or int32.
-
-    A vocabulary of at most 65,536 ids costs 2 bytes a token: the ids are stored as uint16 bit
-    patterns in an int16 tensor (safetensors and every torch read int16; ids >= 32768 look
-    negative there, `unpack_ids` reads them back). Larger vocabularies (up to 2**31) cost 4 bytes
-    (int32). Raises ValueError for an id outside [0, vocab_size).
-    """
-    if not 1 <= vocab_size <= 2**31:
-        raise ValueError(f"vocab_size must be in [1, 2**31], not {vocab_size}")
-    if isinstance(ids, torch.Tensor):
-        array = ids.detach().to("cpu", torch.int64).reshape(-1).numpy()
-    else:
-        array = np.asarray(ids, dtype=np.int64).reshape(-1)
-    if array.size and (int(array.min()) < 0 or int(array.max()) >= vocab_size):
-        bad = int(array.min()) if int(array.min()) < 0 else int(array.max())
-        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
-    if vocab_size <= 2**16:
-        return torch.from_numpy(array.astype(np.uint16).view(np.int16))
-    return torch.from_numpy(array.astype(np.int32))
-
-
-def unpack_ids(packed: torch.Tensor) -> list[int]:
-    """The token ids `pack_ids` stored: a (n,) int16 (uint16 bit patterns) or int32 tensor."""
-    flat = packed.detach().to("cpu").reshape(-1)
-    if flat.dtype == torch.int16:
-        return flat.numpy().view(np.uint16).tolist()
-    if flat.dtype == torch.int32:
-        return flat.tolist()
-    raise ValueError(f"packed token ids are int16 or int32, not {flat.dtype}")
