@@ -162,10 +162,23 @@ def run_needle_trial(
     """Ask ``session`` (fresh, its policy set) for the key in ``document``; greedy decoding."""
     started = time.perf_counter()
     session.read_document(text_document(document.text), task="qa", question=QUESTION)
+    return _answer(session, session.policy.kind, document, length, seed, max_new_tokens, started)
+
+
+def _answer(
+    session: Session,
+    cache: str,
+    document: NeedleDocument,
+    length: int,
+    seed: int,
+    max_new_tokens: int,
+    started: float,
+) -> NeedleTrial:
+    """Decode greedily from a session whose prompt is complete; the trial it makes."""
     tokens = session.tokens_held
     result = session.generate(max_new_tokens=max_new_tokens, sampler=Sampler(temperature=0.0))
     return NeedleTrial(
-        cache=session.policy.kind,
+        cache=cache,
         length=length,
         depth=document.depth,
         seed=seed,
@@ -202,26 +215,12 @@ def run_read_first_trials(
         path = Path(folder) / "needle.fkv"
         save_session(session, path)
         for method in methods:
-            started = time.perf_counter()
+            started = time.perf_counter() - read_seconds  # each trial's time includes the read
             asking = load_session(session.loaded, path).session
             passages = recall(asking, QUESTION, quotes, method)
             asking.finish_document("qa", QUESTION, passages=passages)
-            tokens = asking.tokens_held
-            result = asking.generate(max_new_tokens=max_new_tokens, sampler=Sampler(temperature=0.0))
-            trials.append(
-                NeedleTrial(
-                    cache=f"{session.policy.kind} later/{method}",
-                    length=length,
-                    depth=document.depth,
-                    seed=seed,
-                    key=document.key,
-                    answer=result.text,
-                    correct=score_answer(result.text, document.key),
-                    tokens=tokens,
-                    placed=document.placed,
-                    seconds=read_seconds + time.perf_counter() - started,
-                )
-            )
+            cache = f"{session.policy.kind} later/{method}"
+            trials.append(_answer(asking, cache, document, length, seed, max_new_tokens, started))
     return trials
 
 
