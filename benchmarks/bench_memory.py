@@ -41,7 +41,7 @@ from freqkv_cli.evaluation.needle import (
     run_read_first_trials,
     text_document,
 )
-from freqkv_cli.memory.recall import RECALL_METHODS, recall
+from freqkv_cli.memory.recall import DEFAULT_RECALL, RECALL_METHODS, recall
 from freqkv_cli.memory.saved import load_session, save_session
 from freqkv_cli.models.loading import LoadedModel, load_model
 from freqkv_cli.session.session import Session
@@ -84,7 +84,7 @@ def needle(args: argparse.Namespace) -> list[dict]:
                 trials = []
                 for name, policy in policies.items():
                     trials.append(run_needle_trial(Session(loaded, policy), doc, length=length, seed=seed))
-                    methods = RECALL_METHODS if name == "hybrid" else ("lexical", "none")
+                    methods = RECALL_METHODS if name == "hybrid" else ("tokens", "words", "none")
                     trials += run_read_first_trials(
                         Session(loaded, policy), doc, methods, length=length, seed=seed
                     )
@@ -154,7 +154,7 @@ def ask(args: argparse.Namespace) -> None:
     session = memory.session
     question = args.question
     started = time.perf_counter()
-    passages = recall(session, question, 8, "lexical")
+    passages = recall(session, question, 8, args.recall)
     recall_seconds = time.perf_counter() - started
     session.finish_document("qa", question, passages=passages)
     first = session.generate(max_new_tokens=1)
@@ -170,6 +170,7 @@ def ask(args: argparse.Namespace) -> None:
                 "import_bm25s_s": round(import_seconds, 3),
                 "load_s": round(load_seconds, 3),
                 "recall_s": round(recall_seconds, 3),
+                "recall": args.recall,
                 "first_token_after_load_s": round(first_token_seconds, 3),
                 "decode_ms_per_token": round(decode_ms, 2),
                 "first_token": first.token_ids,
@@ -277,6 +278,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--question", default="Who is the first speaker?")
     p.add_argument("--decode", type=int, default=32)
+    p.add_argument("--recall", default=DEFAULT_RECALL, choices=RECALL_METHODS)
     p = sub.add_parser("big")
     p.add_argument("--tokens", type=int, default=1_000_000)
     p.add_argument("--window", type=int, default=4096)

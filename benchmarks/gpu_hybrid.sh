@@ -66,8 +66,9 @@ case "${1:-}" in
     M="$PY benchmarks/bench_memory.py"
     bg mem_needle_4k "$M needle --lengths 4096 --seeds 5 --device cuda --json $WORK/memory_needle_4k.json"
     bg mem_needle_16k "$M needle --lengths 16384 --seeds 3 --device cuda --json $WORK/memory_needle_16k.json"
-    bg mem_sizes "$M sizes --device cuda --json $WORK/memory_sizes.json"
-    bg mem_big "$M big --tokens 1000000 --window 4096 --out-dir $WORK --json $WORK/memory_big.json && rm -f $WORK/big.fkv"
+    # one after the other: each starts a second process that loads the same model
+    bg mem_sizes_big "$M sizes --device cuda --json $WORK/memory_sizes.json; \
+      $M big --tokens 1000000 --window 4096 --out-dir $WORK --json $WORK/memory_big.json; rm -f $WORK/big.fkv"
     sleep 20; tail -n 2 $WORK/*.log ;;
   speed)  # alone on the GPU: timings
     $PY benchmarks/bench_hybrid_speed.py --shape llama7b --tokens 32768 --repeats 2 --out $WORK/gpu_speed_7b.json
