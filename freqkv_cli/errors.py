@@ -8,7 +8,7 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # an unexpected error (a bug): reported in one line, details with --debug
-EXIT_USAGE = 2  # bad flags or arguments (also what Typer/click use)
+EXIT_USAGE = 2  # bad flags or arguments (also what Typer/click use); output that cannot be written
 EXIT_INPUT = 3  # the document cannot be read: missing, empty, binary, encrypted, image-only, broken
 EXIT_MODEL = 4  # the model cannot be loaded: not a model folder, unsupported architecture, missing package
 EXIT_OUT_OF_MEMORY = 5  # the device ran out of memory
@@ -33,6 +33,11 @@ class InputError(FreqKVError):
     exit_code = EXIT_INPUT
 
 
+class OutputError(UsageError):
+    """Output that cannot be written: a closed standard output (``>&-``), a full disk
+    (``>/dev/full``), a read-only folder. The user's redirection or --out, hence a usage code."""
+
+
 class ModelError(FreqKVError):
     """A model that cannot be loaded or is not supported."""
 
@@ -52,6 +57,22 @@ class Interrupted(FreqKVError):
 
 
 class ContextLimitError(FreqKVError):
-    """The session already holds --ctx tokens."""
+    """The session already holds `ctx` tokens."""
 
     exit_code = EXIT_INPUT
+
+
+_OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for every way the host or a device says it ran out of memory: MemoryError, torch's
+    OutOfMemoryError (CUDA, MPS), the CPU allocator's "can't allocate memory" RuntimeError."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(exc, OSError) and exc.errno == 12:  # ENOMEM
+        return True
+    if isinstance(exc, FreqKVError):
+        return False
+    text = str(exc).lower()
+    return any(words in text for words in _OUT_OF_MEMORY_WORDS)

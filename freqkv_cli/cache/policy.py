@@ -70,19 +70,20 @@ class CachePolicy:
         )
         head = self.sink if head is None else head
         span = self.window - head - self.recent
+        lead = f"`sink` {self.sink}" + (f" + {head - self.sink} pinned tokens" if head != self.sink else "")
         if span < 2:
             raise UsageError(
-                f"sink/pinned ({head}) + recent ({self.recent}) leave no room to compress "
-                f"in a window of {self.window}: they must sum to at most {self.window - 2}"
+                f"{lead} + `recent` {self.recent} leave no room to compress "
+                f"in a `window` of {self.window}: they must sum to at most {self.window - 2}"
             )
         if self.kept(head) < 1 or self.kept(head) >= span:
             raise UsageError(
-                f"ratio {self.ratio} keeps {self.kept(head)} of {span} entries: nothing would be freed"
+                f"`ratio` {self.ratio} keeps {self.kept(head)} of {span} entries: nothing would be freed"
             )
         if hybrid and (self.exact_slots() < 1 or self.kept(head) - self.exact_slots() < 4):
             raise UsageError(
-                f"exact slots ({self.exact_slots()}) leave no room to compress: a round keeps "
-                f"{self.kept(head)} entries after sink/pinned ({head}), exact ones included"
+                f"`exact` {self.exact} gives {self.exact_slots()} exact slots, which leave no room to "
+                f"compress: a round keeps {self.kept(head)} entries after {lead}, exact ones included"
             )
 
     def span(self, head: int | None = None) -> int:
@@ -139,19 +140,19 @@ def check_values(
     """Raise UsageError for any given value that no policy accepts (None: not given). The one
     place each setting is checked on its own; :meth:`CachePolicy.validate` adds how they fit."""
     if kind is not None and kind not in POLICIES:
-        raise UsageError(f"cache '{kind}' is not a policy: use one of {', '.join(POLICIES)}")
+        raise UsageError(f"`kind` '{kind}' is not a cache policy: use one of {', '.join(POLICIES)}")
     if window is not None and window < 8:
-        raise UsageError(f"window {window} is too small: use at least 8")
+        raise UsageError(f"`window` {window} is too small: use at least 8")
     if sink is not None and sink < 0:
-        raise UsageError(f"sink {sink} must be zero or more")
+        raise UsageError(f"`sink` {sink} must be zero or more")
     if recent is not None and recent < 0:
-        raise UsageError(f"recent {recent} must be zero or more")
+        raise UsageError(f"`recent` {recent} must be zero or more")
     if ratio is not None and (math.isnan(ratio) or not 0.0 < ratio < 1.0):
-        raise UsageError(f"ratio {ratio} must be strictly between 0 and 1")
+        raise UsageError(f"`ratio` {ratio} must be strictly between 0 and 1")
     if exact is not None and (math.isnan(exact) or not 0.0 < exact < 1.0):
-        raise UsageError(f"exact share {exact} must be strictly between 0 and 1")
+        raise UsageError(f"`exact` {exact} (the exact share of the window) must be strictly between 0 and 1")
     if selector is not None and selector not in SELECTORS:
-        raise UsageError(f"selector '{selector}' is not one of {', '.join(SELECTORS)}")
+        raise UsageError(f"`selector` '{selector}' is not one of {', '.join(SELECTORS)}")
 
 
 # What a checkpoint's freqkv.json may set; the rest comes from the caller or the defaults.

@@ -5,6 +5,18 @@ from __future__ import annotations
 import os
 import sys
 
+# Read by tqdm when it is first imported (transformers imports it below): the GGUF reader's bar.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import errno
+import functools
+import logging
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
 import typer
 
 try:  # typer >= 0.16 vendors click; older versions use click itself
@@ -18,6 +30,8 @@ from ..errors import (
     EXIT_OUT_OF_MEMORY,
     EXIT_USAGE,
     FreqKVError,
+    OutputError,
+    is_out_of_memory,
 )
 from .commands.calibrate import calibrate
 from .commands.chat import chat
@@ -27,12 +41,14 @@ from .commands.eval_ppl import ppl
 from .commands.finetune import finetune
 from .commands.info import info
 from .commands.qa import qa
+from .commands.read import read
 from .commands.spectrum import spectrum
 from .commands.summarize import summarize
 
 EPILOG = (
-    "Exit codes: 0 ok · 1 internal error · 2 usage · 3 unreadable input · 4 model · 5 out of memory · "
-    "130 interrupted. FREQKV_DEBUG=1 shows tracebacks; FREQKV_THREADS=N sets CPU threads."
+    "Exit codes: 0 ok · 1 internal error · 2 usage (or output that cannot be written) · "
+    "3 unreadable input · 4 model · 5 out of memory · 130 interrupted. "
+    "FREQKV_DEBUG=1 shows tracebacks; FREQKV_THREADS=N sets CPU threads."
 )
 
 app = typer.Typer(
@@ -51,19 +67,142 @@ eval_app = typer.Typer(
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (summarize, qa, chat, count, info, spectrum, finetune, calibrate):
-    app.command(epilog=EPILOG)(command)
+
+# Commands whose cache flags resolve against the model (its freqkv.json, its native window).
+CACHE_COMMANDS = (summarize, qa, read, chat, info)
+log = logging.getLogger("freqkv_cli")
+
+
+def checked_early(command: Callable[..., None]) -> Callable[..., None]:
+    """Run the checks that need a model's files but none of its weights before ``command``: a GGUF
+    or safetensors file cut short, cache flags the model cannot take (against its config.json or
+    GGUF metadata). They come before the minutes a load or a first conversion can take."""
+    cache_flags = command in CACHE_COMMANDS
+
+    @functools.wraps(command)
+    def run_checked(**values: Any) -> None:
+        spec = values.get("model")
+        if isinstance(spec, str):
+            from ..models.loading import check_model_files
+
+            check_model_files(spec)
+            if cache_flags:
+                _check_cache_flags(spec, values)
+        command(**values)
+
+    return run_checked
+
+
+def _check_cache_flags(spec: str, values: dict[str, Any]) -> None:
+    from ..memory.file_format import is_memory_file
+    from ..models.loading import check_cache_settings
+    from .options import CacheChoice
+
+    path = values.get("path")
+    if isinstance(path, str) and path != "-" and is_memory_file(path):
+        return  # a saved memory keeps its own settings (and refuses cache flags itself)
+    given = {f.name: values[f.name] for f in fields(CacheChoice) if f.init and f.name in values}
+    settings = CacheChoice(**given).settings
+    for warning in check_cache_settings(
+        spec, settings, base=values.get("base"), untuned=bool(values.get("untuned"))
+    ):
+        log.warning("%s", warning)
+
+
+for command in (summarize, qa, read, chat, count, info, spectrum, finetune, calibrate):
+    app.command(epilog=EPILOG)(checked_early(command))
 for command in (ppl, needle):
-    eval_app.command(epilog=EPILOG)(command)
+    eval_app.command(epilog=EPILOG)(checked_early(command))
 app.add_typer(eval_app, name="eval")
 
 
+# -- messages ------------------------------------------------------------------------------------
+# The library names parameters in backticks (`seq_len`); a CLI user knows them as flags.
+_FLAG_ALIASES = {
+    "target_modules": "--lora-targets",
+    "kind": "--cache",
+    "selector": "--select",
+    "ctx": "--ctx",
+    "gradient_checkpointing": "--grad-checkpointing",
+    "max_new_tokens": "--max-new-tokens",
+}
+_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+@functools.cache
+def _flags() -> frozenset[str]:
+    """Every long option of every command."""
+    found: set[str] = set()
+    stack = [typer.main.get_command(app)]
+    while stack:
+        command = stack.pop()
+        stack.extend(getattr(command, "commands", {}).values())
+        for param in command.params:
+            found.update(opt for opt in (*param.opts, *param.secondary_opts) if opt.startswith("--"))
+    return frozenset(found)
+
+
+def as_flags(message: str) -> str:
+    """``message`` with each backticked parameter name that is a flag written as the flag:
+    "`seq_len` 40 must exceed `window`" -> "--seq-len 40 must exceed --window"."""
+
+    def flag(match: re.Match[str]) -> str:
+        name = match.group(1)
+        candidate = _FLAG_ALIASES.get(name, "--" + name.replace("_", "-"))
+        return candidate if candidate in _flags() else match.group(0)
+
+    return _PARAMETER.sub(flag, message)
+
+
+class _LineEnd:
+    """Standard error, remembering whether what was written last ended its line: a progress
+    bar drawn without a terminal leaves the cursor after its last character."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text)
+        if text:
+            self.at_line_start = text.endswith(("\n", "\r"))
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _write_error_line(text: str) -> None:
+    stream = sys.stderr
+    if stream is None:  # 2>&-: nowhere to say it; the exit code still does
+        return
+    try:
+        if not getattr(stream, "at_line_start", True):
+            stream.write("\n")
+        stream.write(text + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"freqkv: error: {message}\n")
+    line = " ".join(as_flags(message).split())  # one line, whatever the message held
+    _write_error_line(f"freqkv: error: {line}")
     return code
 
 
-def _quiet_libraries() -> None:
+class _WarningLine(logging.Handler):
+    """The library's warnings (a rebuilt model cache, an adapter without freqkv.json), one line each."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = " ".join(as_flags(record.getMessage()).split())
+        _write_error_line(f"warning: {line}")
+
+
+def _quiet_libraries(debug: bool) -> None:
     """Library chatter (progress bars, advice) would mix with our stderr readouts."""
     threads = os.environ.get("FREQKV_THREADS")
     if threads and threads.isdigit() and int(threads) > 0:  # e.g. 1 on a busy machine
@@ -71,8 +210,9 @@ def _quiet_libraries() -> None:
 
         torch.set_num_threads(int(threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF reader's own progress bar
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
+    if not debug:  # deprecation notes from transformers and torch are for developers
+        warnings.simplefilter("ignore")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -82,10 +222,31 @@ def _quiet_libraries() -> None:
 def run(argv: list[str] | None = None) -> int:
     """Run the app; returns the exit code (tests call this)."""
     debug = bool(os.environ.get("FREQKV_DEBUG"))
-    _quiet_libraries()
+    stderr = sys.stderr
+    if stderr is not None:
+        sys.stderr = _LineEnd(stderr)  # type: ignore[assignment]
+    handler = _WarningLine()
+    log.addHandler(handler)
     try:
-        app(args=argv, prog_name="freqkv", standalone_mode=False)
-        return 0
+        with warnings.catch_warnings():
+            return _run(argv, debug)
+    finally:
+        log.removeHandler(handler)
+        sys.stderr = stderr
+
+
+def _run(argv: list[str] | None, debug: bool) -> int:
+    try:
+        if sys.stdout is None:  # started with >&-: every answer would be lost
+            raise OutputError("standard output is closed (>&-): redirect it to a file or to /dev/null")
+        _quiet_libraries(debug)
+        # standalone_mode=False: Typer returns the exit code of typer.Exit, and of Ctrl-C (130).
+        result = app(args=argv, prog_name="freqkv", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+        if code == EXIT_INTERRUPTED:
+            return _fail("interrupted", EXIT_INTERRUPTED)
+        _flush_stdout()
+        return code
     except typer.Exit as exc:  # --help and the like
         return exc.exit_code
     except typer.Abort:
@@ -100,26 +261,67 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        # Typer turns a broken pipe into sys.exit(1) inside its own handler of the OSError.
+        if isinstance(exc.__context__, BrokenPipeError):
+            return _broken_pipe()
+        raise
     except BrokenPipeError:
-        # A closed pipe (e.g. `| head`) is the reader's choice, not an error.
-        sys.stderr.close()
-        return 0
-    except MemoryError:
-        return _fail("out of memory: try a smaller --window or a smaller model", EXIT_OUT_OF_MEMORY)
+        return _broken_pipe()
+    except OSError as exc:
+        if exc.errno in _OUTPUT_ERRNOS:
+            _drop_stdout()
+            where = f"'{exc.filename}'" if exc.filename else "the output"
+            return _fail(f"cannot write {where}: {exc.strerror}", OutputError.exit_code)
+        return _internal_error(exc, debug)
     except Exception as exc:
-        if _is_device_oom(exc):
-            return _fail(
+        return _internal_error(exc, debug)
+
+
+# A full disk, a quota, a read-only file system, a file too large: where the output goes, not a bug.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _internal_error(exc: BaseException, debug: bool) -> int:
+    if is_out_of_memory(exc):
+        if "cuda" in str(exc).lower() or "mps" in str(exc).lower():
+            message = (
                 "the GPU ran out of memory: try a smaller --window (e.g. half), --dtype bfloat16, "
-                "or --device cpu",
-                EXIT_OUT_OF_MEMORY,
+                "or --device cpu"
             )
-        if debug:
-            raise
-        first = str(exc).strip().splitlines()
-        detail = first[0][:300] if first else ""
-        return _fail(
-            f"internal error: {type(exc).__name__}: {detail} (FREQKV_DEBUG=1 shows more)", EXIT_FAILURE
-        )
+        else:
+            message = "out of memory: try a smaller --window or a smaller model"
+        return _fail(message, EXIT_OUT_OF_MEMORY)
+    if debug:
+        raise exc
+    first = str(exc).strip().splitlines()
+    detail = first[0][:300] if first else ""
+    return _fail(f"internal error: {type(exc).__name__}: {detail} (FREQKV_DEBUG=1 shows more)", EXIT_FAILURE)
+
+
+def _flush_stdout() -> None:
+    """Flush now, so that a full disk is reported here and not by the interpreter at exit."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null: what is still buffered must not fail again at exit."""
+    stdout = getattr(sys.stdout, "wrapped", sys.stdout)  # Typer wraps it after a broken pipe
+    if stdout is None or stdout is not sys.__stdout__:
+        return  # a test's capture: leave it be
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _broken_pipe() -> int:
+    """The reader closed the pipe (e.g. `| head -1`): its choice, not an error, so exit 0."""
+    _drop_stdout()
+    return 0
 
 
 def _usage_message(exc: Exception) -> str:
@@ -130,9 +332,3 @@ def _usage_message(exc: Exception) -> str:
         if hint not in message:
             message = f"{hint}: {message}"
     return message
-
-
-def _is_device_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from pypdf import PdfReader
 
 _logger = logging.getLogger(__name__)
+# pypdf logs damage as warnings; with no handler of its own, Python's last-resort handler would
+# print them raw on stderr wherever a pypdf call runs outside _quiet_pypdf().
+logging.getLogger("pypdf").addHandler(logging.NullHandler())
 
 _PROBE_FIRST = 3  # pages tried up front: enough to get past a cover or a blank title page
 _PROBE_SPREAD = 5  # further pages, spread over the selection, tried before calling a PDF image-only
@@ -80,7 +83,7 @@ def open_pdf(name: str, data: bytes, *, password: str | None, pages: str | None)
     reader, salvaged = _open_reader(name, data, warnings)
     _decrypt(name, reader, password)
     total = _page_total(reader)
-    if (total is None or total == 0) and not salvaged and not reader.is_encrypted:
+    if (total is None or total == 0) and not salvaged and not _is_encrypted(reader):
         # A broken page tree with intact page objects: rebuild the page list from those.
         rebuilt = _salvage(data)
         if rebuilt is not None:
@@ -106,11 +109,19 @@ def open_pdf(name: str, data: bytes, *, password: str | None, pages: str | None)
             numbers = parse_page_range(pages, total)
         except UsageError as exc:
             raise UsageError(f"{name}: {exc}") from None
-    source = PdfSource(name, reader, numbers)
+    source = PdfSource(name, reader, numbers, damaged=salvaged or bool(warnings))
     source.probe(warnings)
     return Document(
         name=name, kind="pdf", page_count=len(numbers), warnings=warnings, total_pages=total, _source=source
     )
+
+
+def _is_encrypted(reader: PdfReader) -> bool:
+    try:
+        with _quiet_pypdf():
+            return bool(reader.is_encrypted)
+    except Exception:
+        return False
 
 
 def _read(data: bytes) -> PdfReader:
@@ -160,7 +171,8 @@ def _decrypt(name: str, reader: PdfReader, password: str | None) -> None:
     from pypdf.errors import DependencyError
 
     try:
-        encrypted = reader.is_encrypted
+        with _quiet_pypdf():
+            encrypted = reader.is_encrypted
         if not encrypted:
             return  # a password given for a plain PDF is harmless (e.g. set in the environment)
         with _quiet_pypdf():
@@ -249,8 +261,9 @@ def _has_images(node: Any, depth: int = 0) -> bool:
 class PdfSource:
     """The selected pages of an open PDF; text is extracted as the caller iterates."""
 
-    def __init__(self, name: str, reader: PdfReader, numbers: list[int]) -> None:
+    def __init__(self, name: str, reader: PdfReader, numbers: list[int], *, damaged: bool = False) -> None:
         self._name = name
+        self._damaged = damaged  # repaired or rebuilt on opening: no text means damage, not a scan
         self._reader = reader
         self._numbers = numbers
         self._probed: dict[int, str | None] = {}  # page number -> text (None: unreadable)
@@ -263,13 +276,13 @@ class PdfSource:
             with _quiet_pypdf():
                 page = self._reader.pages[number - 1]
                 text = page.extract_text()
+                if not text.strip() and not self._saw_images:
+                    self._saw_images = _has_images(page)  # reads objects too: pypdf may complain
         except Exception as exc:  # damaged streams raise anything from PdfReadError to KeyError
             if number not in self._unreadable:
                 self._unreadable.add(number)
                 warnings.append(f"page {number} unreadable, skipped: {_reason(exc)}")
             return None
-        if not text.strip() and not self._saw_images:
-            self._saw_images = _has_images(page)
         return text.replace("\r\n", "\n").replace("\r", "\n")
 
     def probe(self, warnings: list[str]) -> None:
@@ -308,6 +321,11 @@ class PdfSource:
             return InputError(f"{self._name}: damaged PDF, no page could be read; {_REPAIR_HINT}")
         if self._saw_images:
             return InputError(f"{self._name}: no text layer, the pages are images (a scan?); {_OCR_HINT}")
+        if self._damaged:
+            return InputError(
+                f"{self._name}: damaged PDF (cut short, or its structure is broken): no text could be "
+                f"read from the pages that survive; {_REPAIR_HINT}"
+            )
         return InputError(
             f"{self._name}: no text found in the selected pages (blank, or text drawn as shapes); "
             "check --pages, or run OCR, e.g. ocrmypdf --force-ocr in.pdf out.pdf"

@@ -125,6 +125,14 @@ def _decode_lenient(data: bytes, encoding: str, warnings: list[str]) -> str:
 
 
 def _finish(name: str, text: str) -> str:
+    # One rule for NUL, wherever it is (the first 8 KiB are judged before the rest is read, for
+    # speed): text never holds a NUL character, a file that does is binary.
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise InputError(
+            f"{name}: this is a binary file (it contains NUL bytes, the first at character {nul:,}), "
+            "not text or PDF; convert it to .txt or .pdf first"
+        )
     # One newline convention, so that token counts and page text do not depend on the OS that wrote it.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from ..errors import ModelError
+from ..errors import ModelError, is_out_of_memory
 from .settings import TunedSettings, weights_fingerprint
 
 TRAINABLE_FILES = ("trainable_params.safetensors", "trainable_params.bin")
@@ -29,7 +29,11 @@ def load_trainable_params(folder: Path) -> dict[str, torch.Tensor] | None:
                 # weights_only: a .bin is a pickle, and pickles from strangers can run code.
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ModelError(f"'{path}' cannot be read safely: {str(exc).splitlines()[0][:200]}") from None
+            if is_out_of_memory(exc):
+                raise
+            lines = str(exc).strip().splitlines()
+            reason = lines[0][:200] if lines else type(exc).__name__
+            raise ModelError(f"'{path}' cannot be read safely: {reason}") from None
         if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
         ):
@@ -88,6 +92,10 @@ def merge_adapter(model: PreTrainedModel, folder: Path, settings: TunedSettings 
         model.load_state_dict(trainable, strict=False)
     try:
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"adapter '{folder}' cannot be applied: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # a damaged file, or a .bin pickle that torch refuses to unpickle
+        if is_out_of_memory(exc):
+            raise
+        lines = str(exc).strip().splitlines()
+        reason = lines[0][:200] if lines else type(exc).__name__
+        raise ModelError(f"adapter '{folder}' cannot be applied: {reason}") from None
     return peft_model.merge_and_unload()

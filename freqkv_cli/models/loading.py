@@ -7,11 +7,14 @@ included: adapter + ``trainable_params.bin``), merged on load.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ..cache.head_profile import PROFILE_FILE, HeadProfile
 from ..cache.policy import CHECKPOINT_KEYS, CachePolicy, CacheSettings
-from ..errors import ModelError
+from ..errors import ModelError, is_out_of_memory
 from .default import (
     DEFAULT_MODEL_NAME,
     TUNED_MODEL_NAME,
@@ -30,9 +33,19 @@ from .default import (
     shipped_adapter_path,
 )
 from .devices import resolve_device, resolve_dtype
+from .integrity import (
+    check_gguf,
+    check_safetensors,
+    has_manifest,
+    share,
+    verify_manifest,
+    write_manifest,
+)
 from .settings import SETTINGS_FILE, TunedSettings, read_settings
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+# Warnings for the user (a rebuilt cache, an adapter without freqkv.json): the CLI shows them.
+log = logging.getLogger("freqkv_cli")
 
 
 @dataclass
@@ -149,23 +162,30 @@ def _finish(model: PreTrainedModel, target: torch.device) -> PreTrainedModel:
 def _load_folder(folder: Path, name: str, target: torch.device, common: dict) -> LoadedModel:
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=common["trust_remote_code"])
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:
         raise ModelError(f"'{folder}': config.json cannot be read: {_one_line(exc)}") from None
     family = check_family(config, str(folder))
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=common["trust_remote_code"])
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
         raise ModelError(
             f"'{folder}' has no usable tokenizer (tokenizer.json or tokenizer.model): {_one_line(exc)}"
         ) from None
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors(weights)  # cut short, empty or garbage: say so, not SafetensorError
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **common)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # any file in a model folder can be damaged: a pickle refused, a bad shard
+        if is_out_of_memory(exc):
+            raise
         raise ModelError(f"'{folder}' could not be loaded: {_one_line(exc)}") from None
     return LoadedModel(_finish(model, target), tokenizer, name, family, read_settings(folder))
 
 
 def _load_gguf(path: Path, target: torch.device, common: dict) -> LoadedModel:
+    check_gguf(path)  # a file cut short, or only the magic bytes: one clear line, at once
     folder, file = path.parent, path.name
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=file)
@@ -178,7 +198,9 @@ def _load_gguf(path: Path, target: torch.device, common: dict) -> LoadedModel:
         raise ModelError(
             f"reading GGUF files needs the 'gguf' package (pip install gguf): {_one_line(exc)}"
         ) from None
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
         raise ModelError(f"'{path}' could not be loaded as GGUF: {_one_line(exc)}") from None
     _forget_gguf_quantizer(model)
     return LoadedModel(_finish(model, target), tokenizer, str(path), family, read_settings(folder))
@@ -192,14 +214,26 @@ def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
     model.is_quantized = False
 
 
+# -- the default model, converted once into FREQKV_HOME --------------------------------------------
+def default_folder(tuned_adapter: Path | None = None) -> Path:
+    """Where the converted default model (or its merge with ``tuned_adapter``) lives."""
+    models = freqkv_home() / "models"
+    if tuned_adapter is None:
+        return models / DEFAULT_MODEL_NAME
+    return models / f"{DEFAULT_MODEL_NAME}-freqkv-{adapter_digest(tuned_adapter)}"
+
+
 def ensure_default_converted() -> Path:
     """Convert the embedded GGUF once into a safetensors folder (GGUF load ~50 s, folder ~2 s)."""
-    folder = freqkv_home() / "models" / DEFAULT_MODEL_NAME
-    if _is_converted(folder):
+    folder = default_folder()
+    if _usable(folder):
         return folder
-    gguf = default_gguf_path()
-    loaded = _load_gguf(gguf, torch.device("cpu"), {"dtype": torch.float32, "trust_remote_code": False})
-    _save_atomically(loaded.model, loaded.tokenizer, folder)
+    with _converting(folder):
+        if _usable(folder, report=False):  # another process converted it while this one waited
+            return folder
+        gguf = default_gguf_path()
+        loaded = _load_gguf(gguf, torch.device("cpu"), {"dtype": torch.float32, "trust_remote_code": False})
+        _save_atomically(loaded.model, loaded.tokenizer, folder)
     return folder
 
 
@@ -207,22 +241,114 @@ def ensure_default_tuned(adapter: Path) -> Path:
     """Merge the shipped adapter into the converted default once; cached per adapter content."""
     from .adapter import merge_adapter
 
-    folder = freqkv_home() / "models" / f"{DEFAULT_MODEL_NAME}-freqkv-{adapter_digest(adapter)}"
-    if _is_converted(folder):
+    folder = default_folder(adapter)
+    if _usable(folder):
         return folder
-    cpu32 = {"dtype": torch.float32, "trust_remote_code": False}
-    loaded = _load_folder(ensure_default_converted(), DEFAULT_MODEL_NAME, torch.device("cpu"), cpu32)
-    model = merge_adapter(loaded.model, adapter, read_settings(adapter))
-    _save_atomically(model, loaded.tokenizer, folder, extra_files=(adapter / SETTINGS_FILE,))
+    base = ensure_default_converted()
+    with _converting(folder):
+        if _usable(folder, report=False):
+            return folder
+        cpu32 = {"dtype": torch.float32, "trust_remote_code": False}
+        loaded = _load_folder(base, DEFAULT_MODEL_NAME, torch.device("cpu"), cpu32)
+        model = merge_adapter(loaded.model, adapter, read_settings(adapter))
+        _save_atomically(model, loaded.tokenizer, folder, extra_files=(adapter / SETTINGS_FILE,))
     return folder
+
+
+def check_home_writable(folder: Path | None = None) -> None:
+    """Refuse at once, before a conversion of 40 s, a FREQKV_HOME where it could not be kept."""
+    target = (folder or default_folder()).parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        raise ModelError(
+            f"the default model is converted once into '{target}', which cannot be written "
+            f"({_one_line(exc)}): set FREQKV_HOME to a writable folder"
+        ) from None
+
+
+def _usable(folder: Path, *, report: bool = True) -> bool:
+    """True when ``folder`` holds a complete conversion that is as it was written.
+
+    A damaged one (cut short, overwritten: its checksums differ) is reported and rebuilt by the
+    caller; one converted before checksums were recorded is checked by its headers, then adopted.
+    """
+    if not _is_converted(folder):
+        return False
+    if has_manifest(folder):
+        problem = verify_manifest(folder)
+    else:
+        try:
+            check_safetensors(folder / "model.safetensors")
+            problem = None
+        except ModelError as exc:
+            problem = str(exc)
+        if problem is None:
+            with contextlib.suppress(OSError):
+                write_manifest(folder)  # from now on checked as any other conversion
+                share(folder)
+    if problem is None:
+        return True
+    if not _writable(folder.parent):
+        raise ModelError(
+            f"the converted model in '{folder}' is damaged ({problem}) and this FREQKV_HOME is read-only: "
+            f"delete '{folder}', or set FREQKV_HOME to a writable folder"
+        )
+    if report:
+        log.warning("the converted model in '%s' is damaged (%s): converting it again", folder, problem)
+    return False
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _converting(folder: Path) -> Iterator[None]:
+    """Hold the lock of ``folder``'s conversion: processes that share a FREQKV_HOME (two terminals,
+    two users) convert once, one after the other, and never remove what another one is loading."""
+    from filelock import FileLock, Timeout
+
+    check_home_writable(folder)
+    locks = freqkv_home() / "locks"  # beside models/, which holds only models
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot write '{locks}' ({_one_line(exc)}): set FREQKV_HOME to a writable folder"
+        ) from None
+    lock = FileLock(str(locks / f"{folder.name}.lock"))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("waiting for another freqkv that is converting '%s' ...", folder.name)
+            lock.acquire()
+    except OSError as exc:
+        raise ModelError(
+            f"cannot lock '{folder.parent}' for the conversion ({_one_line(exc)}): "
+            "set FREQKV_HOME to a writable folder"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _save_atomically(
     model: PreTrainedModel, tokenizer: object, folder: Path, extra_files: tuple[Path, ...] = ()
 ) -> None:
+    """Write the folder beside its place with checksums, then rename it there. Called under the
+    folder's lock: an interrupted conversion never leaves half a folder, and a complete one that
+    is in use is only ever replaced when it was found damaged."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside the target and rename: an interrupted conversion never leaves half a folder.
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     except OSError as exc:
         raise ModelError(
@@ -234,20 +360,104 @@ def _save_atomically(
         tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
         for path in extra_files:
             shutil.copyfile(path, staging / path.name)
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
+        write_manifest(staging)
+        share(staging)  # mkdtemp makes 0700, safetensors 0600: other users could not read the cache
+        if folder.exists():  # a damaged copy: out of the way first (a process still using it keeps it)
+            stale = Path(tempfile.mkdtemp(prefix=f".stale-{folder.name}-", dir=folder.parent))
+            os.replace(folder, stale / folder.name)
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             os.replace(staging, folder)
         except OSError:
-            # Another process (a second terminal) finished the same conversion first: use its copy.
-            if not _is_converted(folder):
+            # A process that does not take the lock (an older freqkv sharing this FREQKV_HOME)
+            # finished the same conversion first: use its copy.
+            if not _usable(folder, report=False):
                 raise
+    except OSError as exc:
+        raise ModelError(
+            f"cannot write the converted default model to '{folder}' ({_one_line(exc)}): "
+            "free some space, or set FREQKV_HOME to another folder"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def _is_converted(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+# -- cheap checks, before anything slow -------------------------------------------------------------
+def model_limits(
+    spec: str, *, base: str | None = None, untuned: bool = False
+) -> tuple[TunedSettings | None, int] | None:
+    """What cache flags are checked against, read without loading (or converting) any weights:
+    the settings the checkpoint was tuned with (its freqkv.json) and the model's native window
+    (config.json's max_position_embeddings; a GGUF's context length). None when it cannot be
+    told cheaply: the load then reports whatever is wrong."""
+    try:
+        if spec == "default":
+            adapter = shipped_adapter_path()
+            settings = None if untuned or adapter is None else read_settings(adapter)
+            return settings, _default_native_window()
+        path = Path(spec).expanduser()
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return read_settings(path.parent), check_gguf(path).context_length or 0
+        if (path / "adapter_config.json").is_file():
+            settings = read_settings(path)
+            config = json.loads((path / "adapter_config.json").read_text())
+            base_spec = base or config.get("base_model_name_or_path") or (settings and settings.base_model)
+            if not base_spec:
+                return None
+            limits = model_limits(str(base_spec), untuned=True)
+            return None if limits is None else (settings, limits[1])
+        if (path / "config.json").is_file():
+            config = json.loads((path / "config.json").read_text())
+            return read_settings(path), int(config.get("max_position_embeddings") or 0)
+    except (ModelError, OSError, ValueError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def _default_native_window() -> int:
+    converted = default_folder() / "config.json"
+    if converted.is_file():
+        return int(json.loads(converted.read_text()).get("max_position_embeddings") or 0)
+    return check_gguf(default_gguf_path()).context_length or 0
+
+
+def check_cache_settings(
+    spec: str, settings: CacheSettings, *, base: str | None = None, untuned: bool = False
+) -> list[str]:
+    """Resolve ``settings`` as the load would (:meth:`LoadedModel.cache_policy`) against what
+    :func:`model_limits` reads, so that a window that cannot hold the sink and recent tokens is
+    refused before minutes of loading or converting. Raises UsageError; returns warnings (a
+    window above the model's native one). Nothing is checked when the limits cannot be read."""
+    settings.check()
+    limits = model_limits(spec, base=base, untuned=untuned)
+    if limits is None:
+        return []
+    tuned, native = limits
+    checkpoint = None if tuned is None else {key: getattr(tuned, key) for key in CHECKPOINT_KEYS}
+    policy = settings.resolve(checkpoint, native)
+    if native and policy.kind != "full" and settings.window is not None and policy.window > native:
+        return [
+            f"`window` {policy.window} is above the model's native window of {native} positions: "
+            "the positions past it were never trained on, answers may suffer"
+        ]
+    return []
+
+
+def check_model_files(spec: str) -> None:
+    """The header checks of a model that :func:`load_model` would make, alone: at once, before
+    the slow steps (a GGUF cut short or with only its magic bytes; cut-short safetensors)."""
+    path = Path(spec).expanduser()
+    if spec == "default" or not path.exists():
+        return
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        check_gguf(path)
+    elif path.is_dir() and (path / "config.json").is_file():
+        for weights in sorted(path.glob("*.safetensors")):
+            check_safetensors(weights)
 
 
 def _load_adapter(path: Path, base: str | None, target: torch.device, common: dict) -> LoadedModel:
@@ -261,6 +471,13 @@ def _load_adapter(path: Path, base: str | None, target: torch.device, common: di
         raise ModelError(f"'{path / 'adapter_config.json'}' must hold a JSON object")
     base_spec = base or adapter_config.get("base_model_name_or_path")
     settings = read_settings(path)
+    if settings is None:
+        log.warning(
+            "adapter '%s' has no %s: the cache settings it was tuned with are unknown, the defaults "
+            "are used (pass --window, --sink, --recent and --ratio as in training)",
+            path,
+            SETTINGS_FILE,
+        )
     if not base_spec and settings is not None:
         base_spec = settings.base_model
     if not base_spec:

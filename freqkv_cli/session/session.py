@@ -150,7 +150,7 @@ class Session:
         if self.ctx is not None and self.tokens_held + needed > self.ctx:
             raise ContextLimitError(
                 f"this session holds {self.tokens_held:,} tokens and the next {needed:,} would pass "
-                f"--ctx {self.ctx:,}: use /reset or a larger --ctx"
+                f"`ctx` {self.ctx:,}: use /reset or a larger `ctx`"
             )
 
     # -- input -----------------------------------------------------------------------------

@@ -36,27 +36,27 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         if self.policy.kind not in ("freqkv", "sink", "hybrid"):
-            raise UsageError("--cache must be freqkv, sink or hybrid for fine-tuning")
+            raise UsageError("`kind` must be freqkv, sink or hybrid for fine-tuning")
         checks = [
-            (self.seq_len > self.policy.window, f"--seq-len {self.seq_len} must exceed --window"),
-            (self.steps >= 1, "--steps must be at least 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
-            (self.warmup >= 0, "--warmup must be zero or more"),
-            (self.batch >= 1, "--batch must be at least 1"),
-            (self.micro_batch >= 0, "--micro-batch must be zero or more"),
-            (self.lora_r >= 1, "--lora-r must be at least 1"),
-            (self.lora_alpha > 0, "--lora-alpha must be positive"),
-            (0 <= self.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
-            (bool(self.target_modules), "--lora-targets must name at least one module"),
-            (self.save_every >= 1, "--save-every must be at least 1"),
-            (0.0 <= self.distill <= 1.0, "--distill must be between 0 and 1"),
+            (self.seq_len > self.policy.window, f"`seq_len` {self.seq_len} must exceed `window`"),
+            (self.steps >= 1, "`steps` must be at least 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "`lr` must be a positive number"),
+            (self.warmup >= 0, "`warmup` must be zero or more"),
+            (self.batch >= 1, "`batch` must be at least 1"),
+            (self.micro_batch >= 0, "`micro_batch` must be zero or more"),
+            (self.lora_r >= 1, "`lora_r` must be at least 1"),
+            (self.lora_alpha > 0, "`lora_alpha` must be positive"),
+            (0 <= self.lora_dropout < 1, "`lora_dropout` must be in [0, 1)"),
+            (bool(self.target_modules), "`target_modules` must name at least one module"),
+            (self.save_every >= 1, "`save_every` must be at least 1"),
+            (0.0 <= self.distill <= 1.0, "`distill` must be between 0 and 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
         micro = self.micro_batch or self.batch
         if self.batch % micro:
-            raise UsageError(f"--batch {self.batch} must be a multiple of --micro-batch {micro}")
+            raise UsageError(f"`batch` {self.batch} must be a multiple of `micro_batch` {micro}")
 
     def identity(self) -> dict:
         """What must not change between a run and its resumption."""

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
 from ..models.loading import LoadedModel
 from ..models.settings import TunedSettings, weights_fingerprint
 from . import grouped_attention
@@ -29,9 +32,15 @@ from .corpus import TokenCorpus
 __all__ = ["FinetuneConfig", "FinetuneResult", "Finetuner", "StepReport"]
 
 CHECKPOINT_DIR = "checkpoint"
+STAGING_SUFFIX = ".tmp"  # checkpoint.tmp: the next checkpoint, being written
+OLD_SUFFIX = ".old"  # checkpoint.old: the previous one, for the moment the new one takes its place
+FINAL_STAGING = ".adapter.tmp"
+STATE_FILE = "state.json"  # written last: a checkpoint folder that has it is complete
 TRAINABLE_FILE = "trainable_params.safetensors"
 LOG_FILE = "training_log.json"
+ADAPTER_CONFIG = "adapter_config.json"
 _PEFT_PREFIX = "base_model.model."
+log = logging.getLogger("freqkv_cli")
 
 
 class Finetuner:
@@ -63,7 +72,7 @@ class Finetuner:
             native = int(getattr(base.config, "max_position_embeddings", 0) or 0)
             if native and config.seq_len > native:
                 raise UsageError(
-                    f"--distill needs --seq-len within the model's window ({native}): "
+                    f"`distill` needs `seq_len` within the model's window ({native}): "
                     "the full-cache teacher must not extrapolate"
                 )
             # The teacher is the untouched base with a full cache: the student learns to predict
@@ -75,7 +84,7 @@ class Finetuner:
         names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
         missing = [t for t in config.target_modules if t not in names]
         if missing:
-            raise UsageError(f"--lora-targets: this model has no module named {missing[0]!r}")
+            raise UsageError(f"`target_modules`: this model has no module named {missing[0]!r}")
         torch.manual_seed(config.seed)
         lora = LoraConfig(
             r=config.lora_r,
@@ -218,31 +227,73 @@ class Finetuner:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Write ``out/checkpoint`` anew. The new one is written whole beside it first
+        (``checkpoint.tmp``, its ``state.json`` last), then takes the old one's place: at every
+        moment one complete checkpoint exists, which :meth:`resume` finds."""
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
         folder = self.out / CHECKPOINT_DIR
-        staging = self.out / (CHECKPOINT_DIR + ".tmp")
-        staging.mkdir(parents=True, exist_ok=True)
-        lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
-        save_file(lora, str(staging / "adapter_model.safetensors"))
-        save_file(self._extra_trainables(), str(staging / TRAINABLE_FILE))
-        torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
-        state = {
-            "step": self.step,
-            "tokens": self.tokens,
-            "losses": self.losses,
-            "config": self.config.identity(),
-        }
-        (staging / "state.json").write_text(json.dumps(state) + "\n")
-        # Replace the previous checkpoint only once the new one is complete.
-        if folder.exists():
-            old = self.out / (CHECKPOINT_DIR + ".old")
-            folder.rename(old)
-            staging.rename(folder)
+        staging = self.out / (CHECKPOINT_DIR + STAGING_SUFFIX)
+        old = self.out / (CHECKPOINT_DIR + OLD_SUFFIX)
+        try:
+            _remove_tree(staging)  # the remains of a save that was interrupted
+            staging.mkdir(parents=True)
+            lora = get_peft_model_state_dict(self.model)
+            lora = {k: v.detach().cpu().contiguous() for k, v in lora.items()}
+            save_file(lora, str(staging / "adapter_model.safetensors"))
+            save_file(self._extra_trainables(), str(staging / TRAINABLE_FILE))
+            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+            _sync_files(staging)
+            state = {
+                "step": self.step,
+                "tokens": self.tokens,
+                "losses": self.losses,
+                "config": self.config.identity(),
+            }
+            _write_synced(staging / STATE_FILE, json.dumps(state) + "\n")
+            # Replace the previous checkpoint only once the new one is complete.
+            if folder.exists():
+                _remove_tree(old)  # left by an interrupted save; `folder` is complete, so old is not needed
+                folder.rename(old)
+                staging.rename(folder)
+            else:
+                staging.rename(folder)
             _remove_tree(old)
-        else:
-            staging.rename(folder)
+        except OSError as exc:
+            _remove_tree(staging)
+            kept = _checkpoint_step(folder) if _is_complete(folder) else _checkpoint_step(old)
+            previous = f"the checkpoint of step {kept} is kept" if kept else "no earlier checkpoint"
+            raise OutputError(
+                f"cannot write the checkpoint of step {self.step} in '{self.out}' ({exc.strerror or exc}): "
+                f"{previous}; free some space and go on with `resume`"
+            ) from None
+        return folder
+
+    def _recover_checkpoint(self) -> Path | None:
+        """The complete checkpoint to resume from, put back in place if a save was interrupted
+        between its two renames (only ``checkpoint.old`` and ``checkpoint.tmp`` left)."""
+        folder = self.out / CHECKPOINT_DIR
+        if _is_complete(folder):
+            return folder
+        staging = self.out / (CHECKPOINT_DIR + STAGING_SUFFIX)
+        old = self.out / (CHECKPOINT_DIR + OLD_SUFFIX)
+        candidates = [path for path in (staging, old) if _is_complete(path)]
+        if not candidates:
+            if any(path.exists() for path in (folder, staging, old)):
+                log.warning(
+                    "no complete checkpoint in '%s' (a save was cut short): starting from step 0", self.out
+                )
+            return None
+        newest = max(candidates, key=_checkpoint_step)
+        if folder.exists():
+            _remove_tree(folder)
+        newest.rename(folder)
+        log.warning(
+            "'%s': the last save was interrupted; going on from the checkpoint of step %d",
+            self.out,
+            _checkpoint_step(folder),
+        )
         return folder
 
     def resume(self) -> int:
@@ -250,22 +301,32 @@ class Finetuner:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        folder = self.out / CHECKPOINT_DIR
-        if not (folder / "state.json").is_file():
+        folder = self._recover_checkpoint()
+        if folder is None:
             return 0
-        state = json.loads((folder / "state.json").read_text())
+        try:
+            state = json.loads((folder / STATE_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"'{folder / STATE_FILE}' cannot be read ({exc}): delete '{folder}' to start over"
+            ) from None
         if state.get("config") != self.config.identity():
             raise UsageError(
-                f"'{folder}' was written with other settings; use the same flags to resume, or a new --out"
+                f"'{folder}' was written with other settings; use the same flags to resume, or a new `out`"
             )
-        set_peft_model_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
-        extra = load_file(str(folder / TRAINABLE_FILE))
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for key, value in extra.items():
-                params[_PEFT_PREFIX + key].copy_(value)
-        optimizer_state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(optimizer_state)
+        try:
+            set_peft_model_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
+            extra = load_file(str(folder / TRAINABLE_FILE))
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for key, value in extra.items():
+                    params[_PEFT_PREFIX + key].copy_(value)
+            optimizer_state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
+            self.optimizer.load_state_dict(optimizer_state)
+        except Exception as exc:
+            lines = str(exc).strip().splitlines()
+            reason = lines[0][:200] if lines else type(exc).__name__
+            raise UsageError(f"'{folder}' is damaged ({reason}): delete it to start over") from None
         self.step, self.tokens, self.losses = state["step"], state["tokens"], list(state["losses"])
         return self.step
 
@@ -297,10 +358,11 @@ class Finetuner:
         return FinetuneResult(self.out, self.step, self.tokens, seconds, list(self.losses), resumed)
 
     def save_final(self, data_sources: list[dict], seconds: float) -> None:
+        """Write the adapter into OUT as one step: written whole beside it first, then moved in
+        file by file with ``adapter_config.json`` (what makes OUT an adapter) out first and back
+        last, so that OUT never loads as a mix of two versions or without its freqkv.json."""
         from safetensors.torch import save_file
 
-        self.model.save_pretrained(str(self.out))
-        save_file(self._extra_trainables(), str(self.out / TRAINABLE_FILE))
         policy, config = self.config.policy, self.config
         trainable, _ = self.trainable_counts()
         settings = TunedSettings(
@@ -334,8 +396,26 @@ class Finetuner:
                 "data": data_sources,
             },
         )
-        settings.write(self.out)
-        (self.out / LOG_FILE).write_text(json.dumps({"loss": [round(x, 5) for x in self.losses]}) + "\n")
+        staging = self.out / FINAL_STAGING
+        try:
+            _remove_tree(staging)
+            staging.mkdir(parents=True)
+            self.model.save_pretrained(str(staging))
+            save_file(self._extra_trainables(), str(staging / TRAINABLE_FILE))
+            settings.write(staging)
+            (staging / LOG_FILE).write_text(json.dumps({"loss": [round(x, 5) for x in self.losses]}) + "\n")
+            _sync_files(staging)
+            (self.out / ADAPTER_CONFIG).unlink(missing_ok=True)
+            for path in sorted(staging.iterdir(), key=lambda path: path.name == ADAPTER_CONFIG):
+                os.replace(path, self.out / path.name)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write the adapter to '{self.out}' ({exc.strerror or exc}); "
+                f"its checkpoint of step {_checkpoint_step(self.out / CHECKPOINT_DIR)} is kept: free some "
+                "space and run again with `resume`"
+            ) from None
+        finally:
+            _remove_tree(staging)
 
 
 def _device_name(device: torch.device) -> str:
@@ -345,6 +425,30 @@ def _device_name(device: torch.device) -> str:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file()
+
+
+def _checkpoint_step(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / STATE_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _sync_files(folder: Path) -> None:
+    """Flush ``folder``'s files to the disk: a checkpoint marked complete must be complete."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb+") as handle:
+                os.fsync(handle.fileno())
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
