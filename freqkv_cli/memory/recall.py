@@ -27,6 +27,10 @@ from .token_index import TokenIndex
 RECALL_METHODS = ("both", "tokens", "words", "held", "none")
 DEFAULT_RECALL = "both"
 PASSAGE_TOKENS = 64  # a passage: about two sentences
+# A token-ranked passage is quoted only if it scores at least this share of the best one: the
+# question's frequent tokens (" the", "?") match everywhere, and passages that match only them
+# distract a small model (the pass key, read first, asked later: 13/25 right with 8 quotes).
+RELEVANT_SHARE = 0.5
 
 
 def recall(session: Session, question: str, count: int, method: str = DEFAULT_RECALL) -> list[list[int]]:
@@ -56,6 +60,7 @@ def by_tokens(session: Session, question: str, count: int, best_first: bool = Fa
     ids = np.frombuffer(session.document_ids, dtype=np.int32)
     index = TokenIndex(ids, passage_tokens=PASSAGE_TOKENS, stride=PASSAGE_TOKENS // 2)
     found = index.rank(session.encode(" " + question), top=count)
+    found = [p for p in found if p.score >= RELEVANT_SHARE * found[0].score]
     if best_first:
         return [(p.start, ids[p.start : p.end].tolist()) for p in found]
     return [ids[p.start : p.end].tolist() for p in sorted(found, key=lambda p: p.start)]
