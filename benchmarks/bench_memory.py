@@ -83,8 +83,12 @@ def needle(args: argparse.Namespace) -> list[dict]:
                 )
                 trials = []
                 for name, policy in policies.items():
-                    trials.append(run_needle_trial(Session(loaded, policy), doc, length=length, seed=seed))
+                    if not args.later_only:
+                        first = run_needle_trial(Session(loaded, policy), doc, length=length, seed=seed)
+                        trials.append(first)
                     methods = RECALL_METHODS if name == "hybrid" else ("tokens", "words", "none")
+                    if args.methods:
+                        methods = [m for m in args.methods.split(",") if name == "hybrid" or m != "held"]
                     trials += run_read_first_trials(
                         Session(loaded, policy), doc, methods, length=length, seed=seed
                     )
@@ -264,6 +268,8 @@ def main() -> None:
     p.add_argument("--lengths", default="4096,16384")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--depths", default=",".join(str(d) for d in DEPTHS))
+    p.add_argument("--methods", default="", help="recall methods to ask with (default: all)")
+    p.add_argument("--later-only", action="store_true", help="no question-first trials")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json")
     p = sub.add_parser("sizes")
