@@ -31,6 +31,9 @@ PASSAGE_TOKENS = 64  # a passage: about two sentences
 # question's frequent tokens (" the", "?") match everywhere, and passages that match only them
 # distract a small model (the pass key, read first, asked later: 13/25 right with 8 quotes).
 RELEVANT_SHARE = 0.5
+# Tokens a passage is widened by on each side: the answer often follows the words a question
+# matches, past the window's end ("The pass key is 8|7883", digits being tokens of their own).
+MARGIN = 16
 
 
 def recall(session: Session, question: str, count: int, method: str = DEFAULT_RECALL) -> list[list[int]]:
@@ -59,7 +62,7 @@ def by_tokens(session: Session, question: str, count: int, best_first: bool = Fa
     best first."""
     ids = np.frombuffer(session.document_ids, dtype=np.int32)
     index = TokenIndex(ids, passage_tokens=PASSAGE_TOKENS, stride=PASSAGE_TOKENS // 2)
-    found = index.rank(session.encode(" " + question), top=count)
+    found = index.rank(session.encode(" " + question), top=count, margin=MARGIN)
     found = [p for p in found if p.score >= RELEVANT_SHARE * found[0].score]
     if best_first:
         return [(p.start, ids[p.start : p.end].tolist()) for p in found]
@@ -71,7 +74,9 @@ def by_words(session: Session, question: str, count: int) -> list[list[int]]:
     if not ids:
         return []
     decode = session.tokenizer.decode  # type: ignore[attr-defined]
-    found = rank_passages(list(ids), question, decode, passage_tokens=PASSAGE_TOKENS, top=count)
+    found = rank_passages(
+        list(ids), question, decode, passage_tokens=PASSAGE_TOKENS, top=count, margin=MARGIN
+    )
     return [list(ids[p.start : p.end]) for p in sorted(found, key=lambda p: p.start)]
 
 
