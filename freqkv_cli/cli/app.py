@@ -229,10 +229,23 @@ def run(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     try:
         with warnings.catch_warnings():
-            return _run(argv, debug)
+            code = _run(argv, debug)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one was being reported
+        code = _fail("interrupted", EXIT_INTERRUPTED)
     finally:
         log.removeHandler(handler)
         sys.stderr = stderr
+    if code == EXIT_INTERRUPTED and argv is None:
+        _ignore_interrupts()  # the console script: exiting now, a third Ctrl-C must not make a traceback
+    return code
+
+
+def _ignore_interrupts() -> None:
+    import contextlib
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run(argv: list[str] | None, debug: bool) -> int:

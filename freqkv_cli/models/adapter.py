@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import ModelError, is_out_of_memory
+from .integrity import load_failure
 from .settings import TunedSettings, weights_fingerprint
 
 TRAINABLE_FILES = ("trainable_params.safetensors", "trainable_params.bin")
@@ -31,9 +32,7 @@ def load_trainable_params(folder: Path) -> dict[str, torch.Tensor] | None:
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise
-            lines = str(exc).strip().splitlines()
-            reason = lines[0][:200] if lines else type(exc).__name__
-            raise ModelError(f"'{path}' cannot be read safely: {reason}") from None
+            raise ModelError(f"'{path}' cannot be read safely: {load_failure(exc)}") from None
         if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
         ):
@@ -95,7 +94,5 @@ def merge_adapter(model: PreTrainedModel, folder: Path, settings: TunedSettings 
     except Exception as exc:  # a damaged file, or a .bin pickle that torch refuses to unpickle
         if is_out_of_memory(exc):
             raise
-        lines = str(exc).strip().splitlines()
-        reason = lines[0][:200] if lines else type(exc).__name__
-        raise ModelError(f"adapter '{folder}' cannot be applied: {reason}") from None
+        raise ModelError(f"adapter '{folder}' cannot be applied: {load_failure(exc)}") from None
     return peft_model.merge_and_unload()

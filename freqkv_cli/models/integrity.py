@@ -239,11 +239,11 @@ def verify_manifest(folder: Path) -> str | None:
             if info.st_size != entry["size"]:
                 return f"{name} is {info.st_size:,} bytes, {entry['size']:,} were written (cut short?)"
             if _sample_digest(path, info.st_size) != entry["sample"]:
-                return f"{name} is not the file that was written (its checksum differs)"
+                return f"{name} has changed since it was written (its checksum differs)"
             if info.st_mtime_ns != entry["mtime_ns"]:
                 # Written to since (or copied without its times): only the whole file can tell.
                 if _full_digest(path) != entry["sha256"]:
-                    return f"{name} is not the file that was written (its checksum differs)"
+                    return f"{name} has changed since it was written (its checksum differs)"
                 entry["mtime_ns"], refreshed = info.st_mtime_ns, True
         except FileNotFoundError:
             return f"{name} is missing"
@@ -288,3 +288,18 @@ def share(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
             os.chmod(path, 0o666 & ~mask)
+
+
+def load_failure(exc: BaseException) -> str:
+    """One line on why a model file did not load; a refused pickle says why it was refused (and
+    not torch's advice to load it with weights_only=False, which could run the code it holds)."""
+    import pickle
+
+    text = str(exc).strip()
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return (
+            "it is a pickle (.bin) holding more than tensors, refused because loading it could run "
+            "code; use a .safetensors copy of these weights"
+        )
+    lines = text.splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

@@ -37,6 +37,7 @@ from .integrity import (
     check_gguf,
     check_safetensors,
     has_manifest,
+    load_failure,
     share,
     verify_manifest,
     write_manifest,
@@ -180,7 +181,7 @@ def _load_folder(folder: Path, name: str, target: torch.device, common: dict) ->
     except Exception as exc:  # any file in a model folder can be damaged: a pickle refused, a bad shard
         if is_out_of_memory(exc):
             raise
-        raise ModelError(f"'{folder}' could not be loaded: {_one_line(exc)}") from None
+        raise ModelError(f"'{folder}' could not be loaded: {load_failure(exc)}") from None
     return LoadedModel(_finish(model, target), tokenizer, name, family, read_settings(folder))
 
 
@@ -201,7 +202,7 @@ def _load_gguf(path: Path, target: torch.device, common: dict) -> LoadedModel:
     except Exception as exc:
         if is_out_of_memory(exc):
             raise
-        raise ModelError(f"'{path}' could not be loaded as GGUF: {_one_line(exc)}") from None
+        raise ModelError(f"'{path}' could not be loaded as GGUF: {load_failure(exc)}") from None
     _forget_gguf_quantizer(model)
     return LoadedModel(_finish(model, target), tokenizer, str(path), family, read_settings(folder))
 
@@ -471,13 +472,6 @@ def _load_adapter(path: Path, base: str | None, target: torch.device, common: di
         raise ModelError(f"'{path / 'adapter_config.json'}' must hold a JSON object")
     base_spec = base or adapter_config.get("base_model_name_or_path")
     settings = read_settings(path)
-    if settings is None:
-        log.warning(
-            "adapter '%s' has no %s: the cache settings it was tuned with are unknown, the defaults "
-            "are used (pass --window, --sink, --recent and --ratio as in training)",
-            path,
-            SETTINGS_FILE,
-        )
     if not base_spec and settings is not None:
         base_spec = settings.base_model
     if not base_spec:
@@ -493,6 +487,13 @@ def _load_adapter(path: Path, base: str | None, target: torch.device, common: di
     )
     model = merge_adapter(loaded.model, path, settings)
     model = model.to(common["dtype"])
+    if settings is None:  # said once it loaded: a refusal stays one line
+        log.warning(
+            "adapter '%s' has no %s: the cache settings it was tuned with are unknown, the defaults "
+            "are used (pass `window`, `sink`, `recent` and `ratio` as in training)",
+            path,
+            SETTINGS_FILE,
+        )
     return LoadedModel(_finish(model, target), loaded.tokenizer, str(path), loaded.family, settings)
 
 
