@@ -19,11 +19,6 @@ from typing import Any
 
 import typer
 
-try:  # typer >= 0.16 vendors click; older versions use click itself
-    from typer import _click  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover
-    import click as _click
-
 from ..errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -264,10 +259,10 @@ def _run(argv: list[str] | None, debug: bool) -> int:
         return exc.exit_code
     except typer.Abort:
         return _fail("interrupted", EXIT_INTERRUPTED)
-    except _click.exceptions.NoArgsIsHelpError:  # `freqkv` alone: the help was printed
-        return EXIT_USAGE
-    except _click.exceptions.ClickException as exc:  # bad flags: one line, not a usage box
-        return _fail(_usage_message(exc), EXIT_USAGE)
+    except typer.TyperException as exc:  # click's errors, as typer re-exports them
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `freqkv` alone: the help was printed
+            return EXIT_USAGE
+        return _fail(_usage_message(exc), EXIT_USAGE)  # bad flags: one line, not a usage box
     except FreqKVError as exc:
         if debug:
             raise
@@ -338,7 +333,8 @@ def _broken_pipe() -> int:
 
 
 def _usage_message(exc: Exception) -> str:
-    message = exc.format_message().replace("\n", " ")  # type: ignore[attr-defined]
+    text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    message = text.replace("\n", " ")
     param = getattr(exc, "param", None)
     if param is not None and getattr(param, "opts", None):
         hint = "/".join(param.opts)

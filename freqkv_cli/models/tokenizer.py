@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from ..errors import ModelError
+from .integrity import check_gguf
 
 
 def load_tokenizer(
@@ -20,6 +21,7 @@ def load_tokenizer(
     path = Path(spec).expanduser()
     try:
         if path.is_file() and path.suffix.lower() == ".gguf":
+            check_gguf(path)  # a damaged file: one line (the reader would fail with struct.error)
             return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         if path.is_dir() and (path / "adapter_config.json").is_file():
             if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
@@ -32,7 +34,9 @@ def load_tokenizer(
             return load_tokenizer(base, trust_remote_code=trust_remote_code)
         if path.is_dir() and (path / "config.json").is_file():
             return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
+    except ModelError:
+        raise
+    except Exception as exc:  # whatever a broken tokenizer file raises: one line, exit 4
         raise ModelError(f"'{spec}': no usable tokenizer: {str(exc).splitlines()[0][:200]}") from None
     raise ModelError(
         f"'{spec}' is not a model: give 'default', a model folder, a .gguf file or an adapter folder"

@@ -144,7 +144,7 @@ def chat(
                 session.add_user_turn(text, should_stop=stop)
                 result = answer(session, answering, stop, stream=True)
         except ContextLimitError as exc:
-            readout.warn(str(exc))
+            readout.warn(_as_flags(str(exc)))
             continue
         if result.stop_reason == "interrupted":
             readout.info("(answer stopped)")
@@ -176,7 +176,7 @@ def _command(
         except Interrupted:
             readout.warn("reading stopped; the part already read stays in the conversation")
         except FreqKVError as exc:  # a bad file must not end the chat
-            readout.warn(str(exc))
+            readout.warn(_as_flags(str(exc)))
     elif name in ("/save", "/load"):
         if not argument.strip():
             readout.warn(f"usage: {name} FILE.fkv")
@@ -193,9 +193,17 @@ def _command(
                 readout.info(f"(went on from {target}: {restored.tokens_held:,} tokens held)")
                 return restored
         except FreqKVError as exc:  # a bad file must not end the chat
-            readout.warn(str(exc))
+            readout.warn(_as_flags(str(exc)))
     elif name == "/help":
         readout.info(HELP_TEXT)
     else:
         readout.warn(f"unknown command {name}: {HELP_TEXT}")
     return None
+
+
+def _as_flags(message: str) -> str:
+    """A library message with parameter names written as this program's flags (app.as_flags;
+    imported here, when needed: the app imports this module)."""
+    from ..app import as_flags
+
+    return as_flags(message)
