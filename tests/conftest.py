@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -60,3 +62,23 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides: object) -> tor
 @pytest.fixture(params=FAMILIES)
 def family(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+# A document and a tiny model folder for the tests that run the commands.
+DOC_TEXT = (Path(__file__).parent.parent / "samples" / "botchan.txt").read_text()[:3000]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random model folder with a byte tokenizer, as the CLI loads it."""
+    from tinymodel import save_tiny_model
+
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture
+def doc(tmp_path: Path) -> Path:
+    """The first 3,000 characters of Botchan as a text file."""
+    path = tmp_path / "doc.txt"
+    path.write_text(DOC_TEXT)
+    return path

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DOC_TEXT
 from tinymodel import save_tiny_model
 
 from freqkv_cli.cli.app import run
@@ -18,7 +19,7 @@ from freqkv_cli.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OUT
 
 DATA = Path(__file__).parent / "data"
 SAMPLES = Path(__file__).parent.parent / "samples"
-TEXT = (SAMPLES / "botchan.txt").read_text()[:3000]
+TEXT = DOC_TEXT  # what the doc fixture holds
 JSON_KEYS = {
     "answer": str,
     "model": str,
@@ -32,18 +33,6 @@ JSON_KEYS = {
     "peak_rss_bytes": int,
     "seconds": float,
 }
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
-
-
-@pytest.fixture
-def doc(tmp_path: Path) -> Path:
-    path = tmp_path / "doc.txt"
-    path.write_text(TEXT)
-    return path
 
 
 def cli(*args: str, stdin: bytes | None = None, env: dict | None = None, timeout: float = 120):

@@ -15,18 +15,6 @@ from freqkv_cli.errors import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE
 QUESTION = "Who is the narrator's servant?"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
-
-
-@pytest.fixture
-def doc(tmp_path: Path) -> Path:
-    path = tmp_path / "doc.txt"
-    path.write_text(TEXT)
-    return path
-
-
 def test_asking_a_saved_memory_in_a_new_process_answers_as_right_after_reading(
     tiny: str, doc: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import DOC_TEXT, tiny_model
 from tinymodel import byte_tokenizer, save_tiny_model
 
 from freqkv_cli.cache.policy import CachePolicy
@@ -54,7 +54,7 @@ from freqkv_cli.training.config import FinetuneConfig
 TESTS = Path(__file__).parent
 DATA = TESTS / "data"
 SAMPLES = TESTS.parent / "samples"
-TEXT = (SAMPLES / "botchan.txt").read_text()[:3000]
+TEXT = DOC_TEXT  # what the doc fixture holds
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 180, **kwargs: object):
@@ -100,13 +100,6 @@ def _quiet_save(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(_quiet_save(tmp_path_factory.mktemp("tiny") / "model"))
-
-
-@pytest.fixture
-def doc(tmp_path: Path) -> Path:
-    path = tmp_path / "doc.txt"
-    path.write_text(TEXT)
-    return path
 
 
 # -- 1. interrupts: 130 and one line, wherever they come -------------------------------------------
