@@ -74,12 +74,11 @@ class Runner:
 
     @staticmethod
     def _memoize_loader() -> None:
-        """Load each (model, device, dtype) once: the commands call ``running.load`` by name."""
-        from freqkv_cli.cli import running
-        from freqkv_cli.cli.commands import evaluate
+        """Load each (model, device, dtype) once: every command loads through ``ModelChoice.load``."""
+        from freqkv_cli.cli.options import ModelChoice
 
         cache: dict[tuple, Any] = {}
-        original = running.load
+        original = ModelChoice.load
 
         def load(choice: Any, readout: Any) -> Any:
             key = (choice.model, choice.base, choice.device, choice.dtype, choice.trust_remote_code)
@@ -89,7 +88,7 @@ class Runner:
                 sys.stderr.write(f"[bench] loaded {key} in {time.perf_counter() - began:.1f} s\n")
             return cache[key]
 
-        evaluate.load = load
+        ModelChoice.load = load  # type: ignore[method-assign]
 
     def log(self, text: str) -> None:
         sys.stderr.write(text + "\n")
