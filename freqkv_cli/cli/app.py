@@ -78,7 +78,7 @@ def checked_early(command: Callable[..., None]) -> Callable[..., None]:
     def run_checked(**values: Any) -> None:
         spec = values.get("model")
         if isinstance(spec, str):
-            from ..models.loading import check_model_files
+            from ..models.early_checks import check_model_files
 
             check_model_files(spec)
             if cache_flags:
@@ -90,7 +90,7 @@ def checked_early(command: Callable[..., None]) -> Callable[..., None]:
 
 def _check_cache_flags(spec: str, values: dict[str, Any]) -> None:
     from ..memory.file_format import is_memory_file
-    from ..models.loading import check_cache_settings
+    from ..models.early_checks import check_cache_settings
     from .options import CacheChoice
 
     path = values.get("path")

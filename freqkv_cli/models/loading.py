@@ -15,14 +15,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..cache.head_profile import PROFILE_FILE, HeadProfile
-from ..cache.policy import CHECKPOINT_KEYS, CachePolicy, CacheSettings
 from ..errors import ModelError, is_out_of_memory
 from .default import (
     DEFAULT_MODEL_NAME,
@@ -42,51 +40,13 @@ from .integrity import (
     verify_manifest,
     write_manifest,
 )
-from .settings import SETTINGS_FILE, TunedSettings, read_settings
+from .loaded import SUPPORTED_FAMILIES, LoadedModel, check_family
+from .settings import SETTINGS_FILE, read_settings
 
-SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+__all__ = ["SUPPORTED_FAMILIES", "LoadedModel", "check_family", "load_model"]
+
 # Warnings for the user (a rebuilt cache, an adapter without freqkv.json): the CLI shows them.
 log = logging.getLogger("freqkv_cli")
-
-
-@dataclass
-class LoadedModel:
-    model: PreTrainedModel
-    tokenizer: object
-    name: str  # what to show the user
-    family: str  # config.model_type
-    settings: TunedSettings | None  # from freqkv.json beside the checkpoint, if any
-    head_profile: HeadProfile | None = None  # retrieval heads for the hybrid cache, if measured
-    head_profile_path: Path | None = None  # where it was read from
-    heads_key: str = ""  # names this model's calibrated profile under FREQKV_HOME/heads
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    @property
-    def native_window(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
-
-    def cache_policy(self, settings: CacheSettings) -> CachePolicy:
-        """The policy ``settings`` resolve to on this model: explicit values, then the ones the
-        checkpoint was tuned with, then the model's own (:meth:`CacheSettings.resolve`)."""
-        tuned = self.settings
-        checkpoint = None if tuned is None else {key: getattr(tuned, key) for key in CHECKPOINT_KEYS}
-        return settings.resolve(checkpoint, self.native_window)
-
-
-def check_family(config: object, source: str) -> str:
-    family = getattr(config, "model_type", None) or "unknown"
-    if family not in SUPPORTED_FAMILIES:
-        raise ModelError(
-            f"{source}: model family '{family}' is not supported; supported: {', '.join(SUPPORTED_FAMILIES)}"
-        )
-    return family
 
 
 def load_model(
@@ -385,80 +345,6 @@ def _save_atomically(
 
 def _is_converted(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-
-
-# -- cheap checks, before anything slow -------------------------------------------------------------
-def model_limits(
-    spec: str, *, base: str | None = None, untuned: bool = False
-) -> tuple[TunedSettings | None, int] | None:
-    """What cache flags are checked against, read without loading (or converting) any weights:
-    the settings the checkpoint was tuned with (its freqkv.json) and the model's native window
-    (config.json's max_position_embeddings; a GGUF's context length). None when it cannot be
-    told cheaply: the load then reports whatever is wrong."""
-    try:
-        if spec == "default":
-            adapter = shipped_adapter_path()
-            settings = None if untuned or adapter is None else read_settings(adapter)
-            return settings, _default_native_window()
-        path = Path(spec).expanduser()
-        if path.is_file() and path.suffix.lower() == ".gguf":
-            return read_settings(path.parent), check_gguf(path).context_length or 0
-        if (path / "adapter_config.json").is_file():
-            settings = read_settings(path)
-            config = json.loads((path / "adapter_config.json").read_text())
-            base_spec = base or config.get("base_model_name_or_path") or (settings and settings.base_model)
-            if not base_spec:
-                return None
-            limits = model_limits(str(base_spec), untuned=True)
-            return None if limits is None else (settings, limits[1])
-        if (path / "config.json").is_file():
-            config = json.loads((path / "config.json").read_text())
-            return read_settings(path), int(config.get("max_position_embeddings") or 0)
-    except (ModelError, OSError, ValueError, TypeError, AttributeError):
-        return None
-    return None
-
-
-def _default_native_window() -> int:
-    converted = default_folder() / "config.json"
-    if converted.is_file():
-        return int(json.loads(converted.read_text()).get("max_position_embeddings") or 0)
-    return check_gguf(default_gguf_path()).context_length or 0
-
-
-def check_cache_settings(
-    spec: str, settings: CacheSettings, *, base: str | None = None, untuned: bool = False
-) -> list[str]:
-    """Resolve ``settings`` as the load would (:meth:`LoadedModel.cache_policy`) against what
-    :func:`model_limits` reads, so that a window that cannot hold the sink and recent tokens is
-    refused before minutes of loading or converting. Raises UsageError; returns warnings (a
-    window above the model's native one). Nothing is checked when the limits cannot be read."""
-    settings.check()
-    limits = model_limits(spec, base=base, untuned=untuned)
-    if limits is None:
-        return []
-    tuned, native = limits
-    checkpoint = None if tuned is None else {key: getattr(tuned, key) for key in CHECKPOINT_KEYS}
-    policy = settings.resolve(checkpoint, native)
-    if native and policy.kind != "full" and settings.window is not None and policy.window > native:
-        return [
-            f"`window` {policy.window} is above the model's native window of {native} positions: "
-            "the positions past it were never trained on, answers may suffer"
-        ]
-    return []
-
-
-def check_model_files(spec: str) -> None:
-    """The header checks of a model that :func:`load_model` would make, alone: at once, before
-    the slow steps (a GGUF cut short or with only its magic bytes; cut-short safetensors)."""
-    path = Path(spec).expanduser()
-    if spec == "default" or not path.exists():
-        return
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        check_gguf(path)
-    elif path.is_dir() and (path / "config.json").is_file():
-        for weights in sorted(path.glob("*.safetensors")):
-            check_safetensors(weights)
 
 
 def _load_adapter(path: Path, base: str | None, target: torch.device, common: dict) -> LoadedModel:

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,17 +24,14 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import OutputError, UsageError
 from ..models.loading import LoadedModel
 from ..models.settings import TunedSettings, weights_fingerprint
-from . import grouped_attention
+from . import checkpoints, grouped_attention
+from .checkpoints import CHECKPOINT_DIR, STATE_FILE
 from .config import FinetuneConfig, FinetuneResult, StepReport, lr_factor
 from .corpus import TokenCorpus
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "Finetuner", "StepReport"]
 
-CHECKPOINT_DIR = "checkpoint"
-STAGING_SUFFIX = ".tmp"  # checkpoint.tmp: the next checkpoint, being written
-OLD_SUFFIX = ".old"  # checkpoint.old: the previous one, for the moment the new one takes its place
 FINAL_STAGING = ".adapter.tmp"
-STATE_FILE = "state.json"  # written last: a checkpoint folder that has it is complete
 TRAINABLE_FILE = "trainable_params.safetensors"
 LOG_FILE = "training_log.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -227,81 +223,27 @@ class Finetuner:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write ``out/checkpoint`` anew. The new one is written whole beside it first
-        (``checkpoint.tmp``, its ``state.json`` last), then takes the old one's place: at every
-        moment one complete checkpoint exists, which :meth:`resume` finds."""
+        """Write ``out/checkpoint`` anew, so that one complete checkpoint exists at every moment
+        (:func:`.checkpoints.save`), which :meth:`resume` finds."""
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        folder = self.out / CHECKPOINT_DIR
-        staging = self.out / (CHECKPOINT_DIR + STAGING_SUFFIX)
-        old = self.out / (CHECKPOINT_DIR + OLD_SUFFIX)
-        try:
-            _remove_tree(staging)  # the remains of a save that was interrupted
-            staging.mkdir(parents=True)
+        def write(staging: Path) -> None:
             lora = get_peft_model_state_dict(self.model)
             lora = {k: v.detach().cpu().contiguous() for k, v in lora.items()}
             save_file(lora, str(staging / "adapter_model.safetensors"))
             save_file(self._extra_trainables(), str(staging / TRAINABLE_FILE))
             torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
-            _sync_files(staging)
-            state = {
-                "step": self.step,
-                "tokens": self.tokens,
-                "losses": self.losses,
-                "config": self.config.identity(),
-            }
-            _write_synced(staging / STATE_FILE, json.dumps(state) + "\n")
-            # Replace the previous checkpoint only once the new one is complete.
-            if folder.exists():
-                _remove_tree(old)  # left by an interrupted save; `folder` is complete, so old is not needed
-                folder.rename(old)
-                staging.rename(folder)
-            else:
-                staging.rename(folder)
-            _remove_tree(old)
-        except OSError as exc:
-            _remove_tree(staging)
-            kept = _checkpoint_step(folder) if _is_complete(folder) else _checkpoint_step(old)
-            previous = f"the checkpoint of step {kept} is kept" if kept else "no earlier checkpoint"
-            raise OutputError(
-                f"cannot write the checkpoint of step {self.step} in '{self.out}' ({exc.strerror or exc}): "
-                f"{previous}; free some space and go on with `resume`"
-            ) from None
-        return folder
 
-    def _recover_checkpoint(self) -> Path | None:
-        """The complete checkpoint to resume from, put back in place if a save was interrupted
-        between its two renames (only ``checkpoint.old`` and ``checkpoint.tmp`` left)."""
-        folder = self.out / CHECKPOINT_DIR
-        if _is_complete(folder):
-            return folder
-        staging = self.out / (CHECKPOINT_DIR + STAGING_SUFFIX)
-        old = self.out / (CHECKPOINT_DIR + OLD_SUFFIX)
-        candidates = [path for path in (staging, old) if _is_complete(path)]
-        if not candidates:
-            if any(path.exists() for path in (folder, staging, old)):
-                log.warning(
-                    "no complete checkpoint in '%s' (a save was cut short): starting from step 0", self.out
-                )
-            return None
-        newest = max(candidates, key=_checkpoint_step)
-        if folder.exists():
-            _remove_tree(folder)
-        newest.rename(folder)
-        log.warning(
-            "'%s': the last save was interrupted; going on from the checkpoint of step %d",
-            self.out,
-            _checkpoint_step(folder),
-        )
-        return folder
+        state = {"step": self.step, "tokens": self.tokens, "losses": self.losses}
+        return checkpoints.save(self.out, write, {**state, "config": self.config.identity()})
 
     def resume(self) -> int:
         """Load ``out/checkpoint`` if there is one; returns the step it resumes from (0: none)."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        folder = self._recover_checkpoint()
+        folder = checkpoints.recover(self.out)
         if folder is None:
             return 0
         try:
@@ -398,57 +340,27 @@ class Finetuner:
         )
         staging = self.out / FINAL_STAGING
         try:
-            _remove_tree(staging)
+            checkpoints.remove_tree(staging)
             staging.mkdir(parents=True)
             self.model.save_pretrained(str(staging))
             save_file(self._extra_trainables(), str(staging / TRAINABLE_FILE))
             settings.write(staging)
             (staging / LOG_FILE).write_text(json.dumps({"loss": [round(x, 5) for x in self.losses]}) + "\n")
-            _sync_files(staging)
+            checkpoints.sync_files(staging)
             (self.out / ADAPTER_CONFIG).unlink(missing_ok=True)
             for path in sorted(staging.iterdir(), key=lambda path: path.name == ADAPTER_CONFIG):
                 os.replace(path, self.out / path.name)
         except OSError as exc:
+            kept = checkpoints.checkpoint_step(self.out / CHECKPOINT_DIR)
             raise OutputError(
                 f"cannot write the adapter to '{self.out}' ({exc.strerror or exc}); "
-                f"its checkpoint of step {_checkpoint_step(self.out / CHECKPOINT_DIR)} is kept: free some "
-                "space and run again with `resume`"
+                f"its checkpoint of step {kept} is kept: free some space and run again with `resume`"
             ) from None
         finally:
-            _remove_tree(staging)
+            checkpoints.remove_tree(staging)
 
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _is_complete(folder: Path) -> bool:
-    return (folder / STATE_FILE).is_file()
-
-
-def _checkpoint_step(folder: Path) -> int:
-    try:
-        return int(json.loads((folder / STATE_FILE).read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def _sync_files(folder: Path) -> None:
-    """Flush ``folder``'s files to the disk: a checkpoint marked complete must be complete."""
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb+") as handle:
-                os.fsync(handle.fileno())
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
