@@ -21,7 +21,8 @@ from ..cache.state import State
 from ..models.loading import LoadedModel
 from ..models.settings import weights_fingerprint
 from ..session.session import Session
-from .file_format import MemoryHeader, load_memory, pack_ids, read_header, save_memory, unpack_ids
+from .file_format import MemoryHeader, load_memory, pack_ids, read_header, save_memory
+from .token_ids import unpack_ids_tensor
 
 STATE_KEY = "state"  # the header's ``extra`` entry holding the session's facts
 
@@ -83,7 +84,7 @@ def load_session(
     prints = Fingerprints.of(loaded)
     header, tensors = load_memory(path, expect_model=prints.model, expect_tokenizer=prints.tokenizer)
     facts = header.extra[STATE_KEY]
-    tensors["document_ids"] = torch.tensor(unpack_ids(tensors["document_ids"]), dtype=torch.int32)
+    tensors["document_ids"] = unpack_ids_tensor(tensors["document_ids"])
     session = Session(
         loaded,
         CachePolicy(**header.policy),

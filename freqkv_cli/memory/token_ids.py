@@ -32,9 +32,14 @@ def pack_ids(ids: Sequence[int] | np.ndarray | torch.Tensor, vocab_size: int) ->
 
 def unpack_ids(packed: torch.Tensor) -> list[int]:
     """The token ids `pack_ids` stored: a (n,) int16 (uint16 bit patterns) or int32 tensor."""
+    return unpack_ids_tensor(packed).tolist()
+
+
+def unpack_ids_tensor(packed: torch.Tensor) -> torch.Tensor:
+    """`unpack_ids` as an (n,) int32 tensor, without a Python list (a million ids at load)."""
     flat = packed.detach().to("cpu").reshape(-1)
     if flat.dtype == torch.int16:
-        return flat.numpy().view(np.uint16).tolist()
+        return torch.from_numpy(flat.numpy().view(np.uint16).astype(np.int32))
     if flat.dtype == torch.int32:
-        return flat.tolist()
+        return flat
     raise ValueError(f"packed token ids are int16 or int32, not {flat.dtype}")

@@ -129,7 +129,10 @@ class Session:
         self.engine.load_state(state.get("engine"))
         self.turns, self.quoted = int(facts["turns"]), list(facts["quoted"])
         self.documents, self.open_task = [dict(d) for d in facts["documents"]], facts["open_task"]
-        self.document_ids = array("i", state.tensors["document_ids"].to(torch.int32).tolist())
+        self.document_ids = array("i")
+        self.document_ids.frombytes(
+            state.tensors["document_ids"].to(torch.int32).contiguous().numpy().tobytes()
+        )
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
