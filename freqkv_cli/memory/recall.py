@@ -9,7 +9,7 @@ comes, passages are chosen from what the session kept:
   (:mod:`.passages`: about a second per million tokens);
 - ``held``: the exact entries a hybrid cache holds, scored by the question's own queries against
   their keys (the question is read once to get its queries, then taken back);
-- ``both``: ``tokens`` and ``held`` interleaved, ``tokens`` first, repeats dropped;
+- ``both``: half the quotes ``held``, the rest the best by ``tokens``, repeats dropped;
 - ``none``: nothing quoted.
 
 Measured against each other in docs/BENCHMARKS.md section 7; the best is :data:`DEFAULT_RECALL`.
@@ -21,7 +21,7 @@ import numpy as np
 
 from ..cache.selectors import AttentionSelector, Candidates
 from ..session.session import Session
-from .passages import rank_passages
+from .passages import Passage, rank_passages
 from .token_index import TokenIndex
 
 RECALL_METHODS = ("both", "tokens", "words", "held", "none")
@@ -37,47 +37,46 @@ MARGIN = 16
 
 
 def recall(session: Session, question: str, count: int, method: str = DEFAULT_RECALL) -> list[list[int]]:
-    """Token ids of up to ``count`` passages for ``question``, in document order (``both``:
-    the lexical ones first)."""
+    """Token ids of up to ``count`` passages for ``question``, in document order (``both``: the
+    lexical ones, then the held ones)."""
     if method not in RECALL_METHODS:
         raise ValueError(f"recall method {method!r} is not one of {', '.join(RECALL_METHODS)}")
     if count <= 0 or method == "none":
         return []
-    if method == "tokens":
-        return by_tokens(session, question, count)
-    if method == "words":
-        return by_words(session, question, count)
     if method == "held":
         return held(session, question, count)
-    # Half the quotes from each (the lexical ones the best by score), the rest from tokens.
+    if method == "words":
+        return _in_order(session, by_words(session, question, count))
+    if method == "tokens":
+        return _in_order(session, by_tokens(session, question, count))
+    # Half the quotes held (when there are that many), the rest the best by tokens.
     kept = held(session, question, count // 2)
-    lexical = by_tokens(session, question, count, best_first=True)
-    lexical = lexical[: count - len(kept)]
-    chosen = sorted(lexical, key=lambda passage: passage[0])
-    return [ids for _, ids in chosen] + [ids for ids in kept if not any(_within(ids, i) for _, i in chosen)]
+    lexical = _in_order(session, by_tokens(session, question, count)[: count - len(kept)])
+    return lexical + [ids for ids in kept if not any(_within(ids, other) for other in lexical)]
 
 
-def by_tokens(session: Session, question: str, count: int, best_first: bool = False) -> list:
-    """Token ids of the passages, in document order; ``best_first``: ``(start, ids)`` pairs, the
-    best first."""
+def by_tokens(session: Session, question: str, count: int) -> list[Passage]:
+    """The best passages by BM25 over token ids, best first, only those scoring at least
+    ``RELEVANT_SHARE`` of the best."""
     ids = np.frombuffer(session.document_ids, dtype=np.int32)
     index = TokenIndex(ids, passage_tokens=PASSAGE_TOKENS, stride=PASSAGE_TOKENS // 2)
     found = index.rank(session.encode(" " + question), top=count, margin=MARGIN)
-    found = [p for p in found if p.score >= RELEVANT_SHARE * found[0].score]
-    if best_first:
-        return [(p.start, ids[p.start : p.end].tolist()) for p in found]
-    return [ids[p.start : p.end].tolist() for p in sorted(found, key=lambda p: p.start)]
+    return [p for p in found if p.score >= RELEVANT_SHARE * found[0].score] if found else []
 
 
-def by_words(session: Session, question: str, count: int) -> list[list[int]]:
+def by_words(session: Session, question: str, count: int) -> list[Passage]:
+    """The best passages by BM25 over words (bm25s), best first."""
     ids = session.document_ids
     if not ids:
         return []
     decode = session.tokenizer.decode  # type: ignore[attr-defined]
-    found = rank_passages(
-        list(ids), question, decode, passage_tokens=PASSAGE_TOKENS, top=count, margin=MARGIN
-    )
-    return [list(ids[p.start : p.end]) for p in sorted(found, key=lambda p: p.start)]
+    return rank_passages(list(ids), question, decode, passage_tokens=PASSAGE_TOKENS, top=count, margin=MARGIN)
+
+
+def _in_order(session: Session, passages: list[Passage]) -> list[list[int]]:
+    """The token ids of ``passages``, in document order."""
+    ids = session.document_ids
+    return [ids[p.start : p.end].tolist() for p in sorted(passages, key=lambda p: p.start)]
 
 
 def held(session: Session, question: str, count: int) -> list[list[int]]:
