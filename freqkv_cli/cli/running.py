@@ -167,6 +167,7 @@ def run_document_task(
                 loaded_memory = load_session(loaded, path, ctx=cache.ctx_tokens)
             session = loaded_memory.session
             extra = memory_json(session, loaded_memory.seconds)
+            pages = sum(d["pages"] or 0 for d in session.documents) or None
         else:
             session = make_session(loaded, cache, answering.system)
             later = save is not None  # a memory must not depend on this question
@@ -192,15 +193,14 @@ def run_document_task(
                 "truncated": report.truncated,
                 "warnings": report.warnings,
                 "memory": False,
-                "pages": document.page_count,
             }
+            pages = document.page_count
         if memory or save is not None:
             ask_after_reading(session, task, question, cache)
         tokens_in = session.tokens_held
         result = answer(session, answering, stop, stream=not output.as_json)
     seconds = time.perf_counter() - started
     if output.as_json:
-        pages = extra.pop("pages", None)
         data = result_json(
             session=session,
             answer=result.text,
@@ -270,5 +270,4 @@ def memory_json(session: Session, seconds: float) -> dict:
         "document_tokens": sum(int(d["tokens"]) for d in documents),
         "memory": True,
         "load_seconds": round(seconds, 3),
-        "pages": sum(d["pages"] or 0 for d in documents) or None,
     }
