@@ -18,6 +18,7 @@ from ..cache.policy import CachePolicy
 from ..cache.state import State
 from ..cache.window_cache import CacheStats
 from ..documents import Document
+from ..documents.text import TextSource
 from ..engine.passages import QUOTE_LEFT, QUOTE_RIGHT
 from ..engine.sampling import Sampler
 from ..engine.streaming import GenerationResult, StreamingEngine
@@ -85,6 +86,9 @@ class Session:
         self.document_ids = array("i")
         self.documents: list[dict] = []
         self.open_task: str | None = None  # a document turn left open (read_document(finish=False))
+        # What the session held when its talk began (documents only, on the CPU), and how many
+        # documents that was: clear_conversation() goes back to it without reading again.
+        self._before_talk: tuple[State, int] | None = None
 
     # -- bookkeeping ---------------------------------------------------------------------
     @property
@@ -102,10 +106,41 @@ class Session:
         return self.engine.cache.tokens_seen + len(self.engine.pending_tokens)
 
     def reset(self) -> None:
+        """Forget everything: documents and conversation."""
         self.engine.reset()
         self.turns = 0
         self.quoted, self.documents, self.open_task = [], [], None
         self.document_ids = array("i")
+        self._before_talk = None
+
+    @property
+    def talked(self) -> bool:
+        """Whether a turn other than a document's was added (each document is one turn)."""
+        return self.turns > len(self.documents)
+
+    def clear_conversation(self, should_stop: Callable[[], bool] | None = None) -> int:
+        """Forget the conversation, keep the documents; returns how many documents had to be read
+        again. The session goes back to what it held when the talk began (a snapshot taken then);
+        documents read after that, or without a snapshot (a conversation loaded from a memory
+        file), are read again from their kept token ids."""
+        kept = self._before_talk[1] if self._before_talk is not None else 0
+        again = [(dict(d), self.document_ids_of(d)) for d in self.documents[kept:]]
+        if self._before_talk is not None:
+            self.load_state(self._before_talk[0])
+        else:
+            self.reset()
+        self._before_talk = None
+        for record, ids in again:
+            text = self.tokenizer.decode(ids)  # type: ignore[attr-defined]
+            source = Document(record["name"], "text", None, sha256=record["sha256"], _source=TextSource(text))
+            self.read_document(source, task="read", should_stop=should_stop)
+            self.documents[-1]["pages"] = record["pages"]
+        return len(again)
+
+    def document_ids_of(self, record: dict) -> list[int]:
+        """The token ids read for the document ``record`` (one of :attr:`documents`)."""
+        first = int(record["first"])
+        return self.document_ids[first : first + int(record["tokens"])].tolist()
 
     # -- saving and restoring --------------------------------------------------------------
     def state(self) -> State:
@@ -284,6 +319,8 @@ class Session:
         """Append one user message and the assistant's cue; returns the tokens added."""
         ids = self.encode(self._turn_opening() + text + self.template.after)
         self._check_room(len(ids))
+        if self.documents and not self.talked and self.open_task is None and self._before_talk is None:
+            self._before_talk = (_on_cpu(self.state()), len(self.documents))
         self.engine.feed(ids, should_stop=should_stop)
         self.turns += 1
         return len(ids)
@@ -306,6 +343,11 @@ class Session:
             on_text=on_text,
             should_stop=should_stop,
         )
+
+
+def _on_cpu(state: State) -> State:
+    """``state`` with its tensors in host memory: a snapshot kept aside must not hold device memory."""
+    return State({name: t.to("cpu") for name, t in state.tensors.items()}, state.facts)
 
 
 def _around(text: str, question: str | None) -> list[str]:
