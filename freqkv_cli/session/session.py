@@ -325,6 +325,14 @@ class Session:
         self.turns += 1
         return len(ids)
 
+    def add_answer(self, text: str, *, should_stop: Callable[[], bool] | None = None) -> int:
+        """Append an answer given earlier, as if it had just been generated (a conversation
+        replayed from its log); returns the tokens added."""
+        ids = self.encode(text)
+        self._check_room(len(ids))
+        self.engine.feed(ids, should_stop=should_stop)
+        return len(ids)
+
     # -- output ----------------------------------------------------------------------------
     def generate(
         self,
