@@ -172,6 +172,15 @@ ProgressOpt = Annotated[
 NoColorOpt = Annotated[
     bool, option("--no-color", panel=OUTPUT_PANEL, help="No colours (NO_COLOR is honoured too).")
 ]
+NoLogOpt = Annotated[
+    bool,
+    option(
+        "--no-log",
+        envvar="FREQKV_NO_LOG",
+        panel=OUTPUT_PANEL,
+        help="Keep this run out of the conversation log (freqkv logs); FREQKV_NO_LOG=1 too.",
+    ),
+]
 PlotOpt = Annotated[
     str | None,
     option(
@@ -289,6 +298,7 @@ class OutputChoice:
     quiet: QuietOpt = False
     progress: ProgressOpt = False
     no_color: NoColorOpt = False
+    no_log: NoLogOpt = False  # only the commands that log offer it (LOGGED_OUTPUT)
     readout: Readout = field(init=False)
 
     def __post_init__(self) -> None:
@@ -348,7 +358,8 @@ COMPARED = Options(CacheChoice).without(
 )  # eval's --cache lists the policies
 ANSWER = Options(AnswerChoice)
 INPUT = Options(InputChoice)
-OUTPUT = Options(OutputChoice)
+OUTPUT = Options(OutputChoice).without("no_log")
+LOGGED_OUTPUT = Options(OutputChoice)  # summarize, qa, chat: --no-log too
 
 
 def takes(**groups: Options) -> Callable[[Callable[..., None]], Callable[..., None]]:
