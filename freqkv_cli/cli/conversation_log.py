@@ -1,0 +1,39 @@
+"""The one call summarize and qa make to log their exchange (chat keeps its own ConversationLog)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..logs import ConversationLog, logging_wanted
+from ..session.session import Session
+
+
+def answer_options(answering: Any) -> dict[str, Any]:
+    """How an answer was asked for (an AnswerChoice), as the log keeps it."""
+    names = ("max_new_tokens", "temperature", "top_p", "seed", "repetition_penalty")
+    return {name: getattr(answering, name) for name in names}
+
+
+def log_exchange(
+    task: str,
+    session: Session,
+    question: str | None,
+    result: Any,
+    tokens_in: int,
+    seconds: float,
+    answering: Any,
+    no_log: bool,
+) -> None:
+    """Log one summarize or qa run as a conversation of one exchange (never raises)."""
+    if not logging_wanted(no_log):
+        return
+    ConversationLog(task).record(
+        session,
+        question,
+        result.text,
+        tokens_in=tokens_in,
+        tokens_out=result.tokens_out,
+        stop_reason=result.stop_reason,
+        seconds=seconds,
+        options=answer_options(answering),
+    )
