@@ -20,12 +20,13 @@ from ..models.loading import LoadedModel
 from ..session.prompts import SUMMARIZE_INSTRUCTION
 from ..session.session import ReadReport, Session
 from ..sizes import format_bytes, format_count
+from .conversation_log import log_exchange
 from .options import (
     ANSWER,
     CACHE,
     INPUT,
+    LOGGED_OUTPUT,
     MODEL,
-    OUTPUT,
     AnswerChoice,
     CacheChoice,
     InputChoice,
@@ -132,7 +133,8 @@ def answer(session: Session, choice: AnswerChoice, stop: StopFlag, *, stream: bo
 SUMMARIZE_TURN = SUMMARIZE_INSTRUCTION.replace("the following document", "the document above")
 
 # What summarize and qa take (the groups ``run_document_task`` is given).
-DOCUMENT_TASK = {"model": MODEL, "cache": CACHE, "answering": ANSWER, "source": INPUT, "output": OUTPUT}
+DOCUMENT_TASK = {"model": MODEL, "cache": CACHE, "answering": ANSWER, "source": INPUT}
+DOCUMENT_TASK["output"] = LOGGED_OUTPUT  # with --no-log: their exchanges are logged
 
 
 def run_document_task(
@@ -200,6 +202,7 @@ def run_document_task(
         tokens_in = session.tokens_held
         result = answer(session, answering, stop, stream=not output.as_json)
     seconds = time.perf_counter() - started
+    log_exchange(task, session, question, result, tokens_in, seconds, answering, output.no_log)
     if output.as_json:
         data = result_json(
             session=session,
