@@ -19,6 +19,7 @@ from typing import Any
 
 import typer
 
+from ..config import load_config
 from ..errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -35,10 +36,13 @@ from .commands.eval_needle import needle
 from .commands.eval_ppl import ppl
 from .commands.finetune import finetune
 from .commands.info import info
+from .commands.logs import logs_app
+from .commands.models import models
 from .commands.qa import qa
 from .commands.read import read
 from .commands.spectrum import spectrum
 from .commands.summarize import summarize
+from .defaults import default_map
 
 EPILOG = (
     "Exit codes: 0 ok · 1 internal error · 2 usage (or output that cannot be written) · "
@@ -109,6 +113,8 @@ for command in (summarize, qa, read, chat, count, info, spectrum, finetune, cali
 for command in (ppl, needle):
     eval_app.command(epilog=EPILOG)(checked_early(command))
 app.add_typer(eval_app, name="eval")
+app.add_typer(logs_app, name="logs")
+app.command(epilog=EPILOG)(models)
 
 
 # -- messages ------------------------------------------------------------------------------------
@@ -249,7 +255,8 @@ def _run(argv: list[str] | None, debug: bool) -> int:
             raise OutputError("standard output is closed (>&-): redirect it to a file or to /dev/null")
         _quiet_libraries(debug)
         # standalone_mode=False: Typer returns the exit code of typer.Exit, and of Ctrl-C (130).
-        result = app(args=argv, prog_name="freqkv", standalone_mode=False)
+        defaults = default_map(load_config())  # the config file: below flags and environment
+        result = app(args=argv, prog_name="freqkv", standalone_mode=False, default_map=defaults)
         code = result if isinstance(result, int) else 0
         if code == EXIT_INTERRUPTED:
             return _fail("interrupted", EXIT_INTERRUPTED)
