@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -73,6 +73,12 @@ class HybridPlan:
     kept: int
     recent: int
     window: int
+
+    def to(self, device: torch.device) -> HybridPlan:
+        """The same plan with its slot indices on ``device`` (layers spread over devices)."""
+        if self.exact_from.device == device:
+            return self
+        return replace(self, exact_from=self.exact_from.to(device), stream_from=self.stream_from.to(device))
 
     @property
     def new_e(self) -> int:

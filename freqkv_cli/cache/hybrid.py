@@ -14,7 +14,7 @@ import torch
 from .compress_round import HybridState, gather_slots, hybrid_round, plan_hybrid_round
 from .layers import WindowLayer
 from .policy import CachePolicy
-from .rounds import Rounds, allows_tf32, read_stacked, write_pieces
+from .rounds import Rounds, allows_tf32, device_groups, read_stacked, write_pieces
 from .selectors import Candidates, Selector
 from .state import State, tensors_of
 
@@ -38,8 +38,8 @@ class HybridRounds(Rounds):
         scores = self.selector.score(candidates)  # (B, n)
         plan, self.held = plan_hybrid_round(self.held, scores, policy, head=head, tokens_seen=tokens_seen)
         tf32 = allows_tf32(layers)
-        for first in range(0, len(layers), group := self.group(layers, window)):
-            part = layers[first : first + group]
+        for part in device_groups(layers, self.group(layers, window)):
+            here = plan.to(part[0].keys.device)  # the plan is small; the cache stays where it is
             # One stacked copy per group, gathered from: two gathers a round, not two per layer.
             keys, values = read_stacked(part, 0, window)  # (layers, B, H, N, D)
 
@@ -49,7 +49,7 @@ class HybridRounds(Rounds):
             def read(begin: int, end: int, k: torch.Tensor = keys, v: torch.Tensor = values) -> tuple:
                 return k[..., begin:end, :], v[..., begin:end, :]
 
-            pieces = hybrid_round(gather, read, plan, self.rotation, method=self.method, tf32=tf32)
+            pieces = hybrid_round(gather, read, here, self.rotation, method=self.method, tf32=tf32)
             write_pieces(part, head, pieces)  # everything was read above: now overwrite
         self.selector.moved(window - recent, plan.length - recent, recent)
 

@@ -40,11 +40,13 @@ class KeyRotation:
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         cos, sin = self._cos_sin(positions)
+        cos, sin = cos.to(x.device), sin.to(x.device)  # a device map's hook may compute them elsewhere
         return x * cos + _rotate_half(x) * sin
 
     def unrotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # cos/sin carry the scaling s, so rotate(x) = s * R(p) x and its inverse is R(-p) x / s.
         cos, sin = self._cos_sin(positions)
+        cos, sin = cos.to(x.device), sin.to(x.device)
         return (x * cos - _rotate_half(x) * sin) / (self.scaling * self.scaling)
 
     def shift(self, x: torch.Tensor, old_start: int, new_start: int) -> torch.Tensor:

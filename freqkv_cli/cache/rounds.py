@@ -56,8 +56,7 @@ class SpanRounds(Rounds):
     ) -> None:
         span, kept = policy.span(head), policy.kept(head)
         group = self.group or (1 if layers[0].keys.device.type == "cpu" else 4)
-        for first in range(0, len(layers), group):
-            part = layers[first : first + group]
+        for part in device_groups(layers, group):
             pieces = compress_round(
                 lambda begin, end, part=part: read_stacked(part, begin, end),
                 kind=self.kind,
@@ -70,6 +69,22 @@ class SpanRounds(Rounds):
                 tf32=allows_tf32(part),
             )
             write_pieces(part, head, pieces)
+
+
+def device_groups(layers: Sequence[WindowLayer], group: int) -> list[Sequence[WindowLayer]]:
+    """Runs of at most ``group`` consecutive layers on one device: a model spread by a device map
+    compresses each layer where its cache lives, and no cache entry crosses devices."""
+    parts: list[Sequence[WindowLayer]] = []
+    start = 0
+    for index in range(1, len(layers) + 1):
+        if (
+            index == len(layers)
+            or index - start == group
+            or layers[index].keys.device != layers[start].keys.device
+        ):
+            parts.append(layers[start:index])
+            start = index
+    return parts
 
 
 def allows_tf32(layers: Sequence[WindowLayer]) -> bool:

@@ -93,6 +93,7 @@ class AttentionSelector(Selector):
             else:
                 part = torch.einsum("bhn,h->bn", match, weights.to(match.device))
                 weight = float(weights.sum())
+            part = part.to(candidates.device)  # layers spread by a device map score where they are
             total = part if total is None else total + part
             weight_sum += weight
         assert total is not None, "a head profile must weight at least one head"

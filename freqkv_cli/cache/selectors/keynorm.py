@@ -16,7 +16,10 @@ class KeyNormSelector(Selector):
 
     def score(self, candidates: Candidates) -> torch.Tensor:
         norms = torch.stack(
-            [candidates.layer_keys(i).float().norm(dim=-1) for i in range(len(candidates.keys))]
+            [  # to one device: a device map spreads the layers
+                candidates.layer_keys(i).float().norm(dim=-1).to(candidates.device)
+                for i in range(len(candidates.keys))
+            ]
         )  # (layers, B, Hkv, n)
         return standardize(-norms).mean(dim=(0, 2))
 
