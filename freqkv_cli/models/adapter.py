@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel
 
 from ..errors import ModelError, is_out_of_memory
 from .integrity import load_failure
-from .settings import TunedSettings, weights_fingerprint
+from .loaded import LoadedModel
+from .settings import SETTINGS_FILE, TunedSettings, read_settings, weights_fingerprint
+
+if TYPE_CHECKING:
+    from .placing import LoadPlan
 
 TRAINABLE_FILES = ("trainable_params.safetensors", "trainable_params.bin")
 _PEFT_PREFIX = "base_model.model."
@@ -96,3 +102,44 @@ def merge_adapter(model: PreTrainedModel, folder: Path, settings: TunedSettings 
             raise
         raise ModelError(f"adapter '{folder}' cannot be applied: {load_failure(exc)}") from None
     return peft_model.merge_and_unload()
+
+
+def load_adapter(
+    path: Path, base: str | None, target: torch.device, common: dict, plan: LoadPlan | None = None
+) -> LoadedModel:
+    """A LoRA adapter folder merged into its base (``--base``, else the one it names)."""
+    from .loading import _finish, _one_line, load_model, log
+
+    try:
+        adapter_config = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"'{path / 'adapter_config.json'}' cannot be read: {_one_line(exc)}") from None
+    if not isinstance(adapter_config, dict):
+        raise ModelError(f"'{path / 'adapter_config.json'}' must hold a JSON object")
+    base_spec = base or adapter_config.get("base_model_name_or_path")
+    settings = read_settings(path)
+    if not base_spec and settings is not None:
+        base_spec = settings.base_model
+    if not base_spec:
+        raise ModelError(f"adapter '{path}' does not name its base model: pass --base MODEL")
+    if base_spec != "default" and not Path(base_spec).expanduser().exists():
+        raise ModelError(
+            f"adapter '{path}' needs base model '{base_spec}', not found here: pass --base MODEL"
+        )
+    # Merge on the CPU in float32, then move: merging in bf16 would round twice.
+    # 'default' as a base is the plain embedded model, never the shipped tuned one.
+    loaded = load_model(
+        base_spec, device="cpu", dtype="float32", trust_remote_code=common["trust_remote_code"], untuned=True
+    )
+    model = merge_adapter(loaded.model, path, settings)
+    model = model.to(common["dtype"])
+    if plan is not None and not plan.plain:  # the merged weights quantized/placed, tensor by tensor
+        model = plan.place(model, common)
+    if settings is None:  # said once it loaded: a refusal stays one line
+        log.warning(
+            "adapter '%s' has no %s: the cache settings it was tuned with are unknown, the defaults "
+            "are used (pass `window`, `sink`, `recent` and `ratio` as in training)",
+            path,
+            SETTINGS_FILE,
+        )
+    return LoadedModel(_finish(model, target, plan), loaded.tokenizer, str(path), loaded.family, settings)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -21,7 +20,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..cache.head_profile import PROFILE_FILE, HeadProfile
-from ..errors import ModelError, is_out_of_memory
+from ..errors import FreqKVError, ModelError, is_out_of_memory
 from .default import (
     DEFAULT_MODEL_NAME,
     TUNED_MODEL_NAME,
@@ -41,6 +40,7 @@ from .integrity import (
     write_manifest,
 )
 from .loaded import SUPPORTED_FAMILIES, LoadedModel, check_family
+from .placing import LoadPlan
 from .settings import SETTINGS_FILE, read_settings
 
 __all__ = ["SUPPORTED_FAMILIES", "LoadedModel", "check_family", "load_model"]
@@ -57,21 +57,34 @@ def load_model(
     base: str | None = None,
     trust_remote_code: bool = False,
     untuned: bool = False,
+    quantize: str | None = None,
+    device_map: str | None = None,
+    max_memory: str | None = None,
 ) -> LoadedModel:
     """Load what ``spec`` names onto ``device`` in ``dtype`` (``auto``: bf16 on CUDA, fp32 otherwise).
 
     ``default`` is the embedded model with the shipped FreqKV-tuned adapter merged in;
     ``untuned=True`` gives the plain embedded weights (for comparison, and as the base of adapters).
+    ``quantize`` (int8, int4), ``device_map`` (auto, balanced, sequential, a JSON file) and
+    ``max_memory`` (``0=20GiB,cpu=64GiB``): see :mod:`.placing`.
     """
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
+    plan = LoadPlan.make(target, torch_dtype, quantize, device_map, max_memory)
     common = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    with plan.explained(spec):
+        return _load_spec(spec, target, common, plan, base=base, untuned=untuned)
+
+
+def _load_spec(
+    spec: str, target: torch.device, common: dict, plan: LoadPlan, *, base: str | None, untuned: bool
+) -> LoadedModel:
     if spec == "default":
         adapter = shipped_adapter_path()
         if untuned or adapter is None:
-            plain = _load_folder(ensure_default_converted(), DEFAULT_MODEL_NAME, target, common)
+            plain = _load_folder(ensure_default_converted(), DEFAULT_MODEL_NAME, target, common, plan)
             return _with_heads(plain, None)
-        tuned = _load_folder(ensure_default_tuned(adapter), TUNED_MODEL_NAME, target, common)
+        tuned = _load_folder(ensure_default_tuned(adapter), TUNED_MODEL_NAME, target, common, plan)
         return _with_heads(tuned, adapter)
     path = Path(spec).expanduser()
     if not path.exists():
@@ -81,11 +94,13 @@ def load_model(
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelError(f"'{spec}' is a file but not a .gguf model; a Hugging Face model is a folder")
-        return _with_heads(_load_gguf(path, target, common), None)
+        return _with_heads(_load_gguf(path, target, common, plan), None)
     if (path / "adapter_config.json").is_file():
-        return _with_heads(_load_adapter(path, base, target, common), path)
+        from .adapter import load_adapter  # peft is only needed for adapters
+
+        return _with_heads(load_adapter(path, base, target, common, plan), path)
     if (path / "config.json").is_file():
-        return _with_heads(_load_folder(path, str(path), target, common), path)
+        return _with_heads(_load_folder(path, str(path), target, common, plan), path)
     raise ModelError(
         f"'{spec}' is not a model folder: expected config.json (Hugging Face) "
         "or adapter_config.json (LoRA adapter)"
@@ -114,13 +129,25 @@ def _with_heads(loaded: LoadedModel, folder: Path | None) -> LoadedModel:
     return loaded
 
 
-def _finish(model: PreTrainedModel, target: torch.device) -> PreTrainedModel:
+def _finish(model: PreTrainedModel, target: torch.device, plan: LoadPlan | None = None) -> PreTrainedModel:
     model.eval()
     model.requires_grad_(False)
-    return model.to(target)
+    # A quantized or spread model was placed by from_pretrained; .to() would undo the map.
+    return model if plan is not None and not plan.plain else model.to(target)
 
 
-def _load_folder(folder: Path, name: str, target: torch.device, common: dict) -> LoadedModel:
+def _from_pretrained(folder: Path, kwargs: dict) -> PreTrainedModel:
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except Exception as exc:  # any file in a model folder can be damaged: a pickle refused, a bad shard
+        if is_out_of_memory(exc) or isinstance(exc, FreqKVError):
+            raise
+        raise ModelError(f"'{folder}' could not be loaded: {load_failure(exc)}") from None
+
+
+def _load_folder(
+    folder: Path, name: str, target: torch.device, common: dict, plan: LoadPlan | None = None
+) -> LoadedModel:
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=common["trust_remote_code"])
     except Exception as exc:
@@ -136,23 +163,33 @@ def _load_folder(folder: Path, name: str, target: torch.device, common: dict) ->
         ) from None
     for weights in sorted(folder.glob("*.safetensors")):
         check_safetensors(weights)  # cut short, empty or garbage: say so, not SafetensorError
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, **common)
-    except Exception as exc:  # any file in a model folder can be damaged: a pickle refused, a bad shard
-        if is_out_of_memory(exc):
-            raise
-        raise ModelError(f"'{folder}' could not be loaded: {load_failure(exc)}") from None
-    return LoadedModel(_finish(model, target), tokenizer, name, family, read_settings(folder))
+    if plan is None or plan.plain:
+        model = _from_pretrained(folder, common)
+    else:
+        model = plan.load_kept(folder, lambda kept, kw: _from_pretrained(kept, {**common, **kw}))
+        if model is None:
+            model = _from_pretrained(folder, {**common, **plan.kwargs()})
+            plan.keep(folder, model, tokenizer)
+    return LoadedModel(_finish(model, target, plan), tokenizer, name, family, read_settings(folder))
 
 
-def _load_gguf(path: Path, target: torch.device, common: dict) -> LoadedModel:
+def _load_gguf(path: Path, target: torch.device, common: dict, plan: LoadPlan | None = None) -> LoadedModel:
     check_gguf(path)  # a file cut short, or only the magic bytes: one clear line, at once
     folder, file = path.parent, path.name
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=file)
         family = check_family(config, str(path))
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, **common)
+        kept = None
+        if plan is not None and not plan.plain:  # a quantized copy kept: the GGUF is not read at all
+            kept = plan.load_kept(path, lambda folder, kw: _from_pretrained(folder, {**common, **kw}))
+        if kept is not None:
+            return LoadedModel(
+                _finish(kept, target, plan), tokenizer, str(path), family, read_settings(folder)
+            )
+        # De-quantized on the CPU (transformers reads GGUF whole), then placed/quantized per tensor.
+        on_cpu = common if plan is None or plan.plain else {**common, "device_map": {"": "cpu"}}
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, **on_cpu)
     except ModelError:
         raise
     except ImportError as exc:
@@ -164,7 +201,10 @@ def _load_gguf(path: Path, target: torch.device, common: dict) -> LoadedModel:
             raise
         raise ModelError(f"'{path}' could not be loaded as GGUF: {load_failure(exc)}") from None
     _forget_gguf_quantizer(model)
-    return LoadedModel(_finish(model, target), tokenizer, str(path), family, read_settings(folder))
+    if plan is not None and not plan.plain:
+        model = plan.place(model, common)
+        plan.keep(path, model, tokenizer)
+    return LoadedModel(_finish(model, target, plan), tokenizer, str(path), family, read_settings(folder))
 
 
 def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
@@ -345,42 +385,6 @@ def _save_atomically(
 
 def _is_converted(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-
-
-def _load_adapter(path: Path, base: str | None, target: torch.device, common: dict) -> LoadedModel:
-    from .adapter import merge_adapter  # peft is only needed for adapters
-
-    try:
-        adapter_config = json.loads((path / "adapter_config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"'{path / 'adapter_config.json'}' cannot be read: {_one_line(exc)}") from None
-    if not isinstance(adapter_config, dict):
-        raise ModelError(f"'{path / 'adapter_config.json'}' must hold a JSON object")
-    base_spec = base or adapter_config.get("base_model_name_or_path")
-    settings = read_settings(path)
-    if not base_spec and settings is not None:
-        base_spec = settings.base_model
-    if not base_spec:
-        raise ModelError(f"adapter '{path}' does not name its base model: pass --base MODEL")
-    if base_spec != "default" and not Path(base_spec).expanduser().exists():
-        raise ModelError(
-            f"adapter '{path}' needs base model '{base_spec}', not found here: pass --base MODEL"
-        )
-    # Merge on the CPU in float32, then move: merging in bf16 would round twice.
-    # 'default' as a base is the plain embedded model, never the shipped tuned one.
-    loaded = load_model(
-        base_spec, device="cpu", dtype="float32", trust_remote_code=common["trust_remote_code"], untuned=True
-    )
-    model = merge_adapter(loaded.model, path, settings)
-    model = model.to(common["dtype"])
-    if settings is None:  # said once it loaded: a refusal stays one line
-        log.warning(
-            "adapter '%s' has no %s: the cache settings it was tuned with are unknown, the defaults "
-            "are used (pass `window`, `sink`, `recent` and `ratio` as in training)",
-            path,
-            SETTINGS_FILE,
-        )
-    return LoadedModel(_finish(model, target), loaded.tokenizer, str(path), loaded.family, settings)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import OutputError, UsageError
+from ..models.device_map import is_spread
 from ..models.loading import LoadedModel
 from ..models.settings import TunedSettings, weights_fingerprint
 from . import checkpoints, grouped_attention
@@ -62,6 +63,12 @@ class Finetuner:
         base = loaded.model
         if base.dtype != torch.float32:
             raise UsageError("fine-tuning loads the base in float32 (bf16 runs under autocast)")
+        if getattr(base.config, "quantization_config", None) is not None or is_spread(base):
+            # QLoRA is not wired: the adapter's base fingerprint would name the quantized weights,
+            # and the grouped attention replays the schedule on one device.
+            raise UsageError(
+                "`finetune` trains on an unquantized base on one device: drop `quantize`/`device_map`"
+            )
         self.fingerprint = weights_fingerprint(base)
         self.teacher = None
         if config.distill > 0:

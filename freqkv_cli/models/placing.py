@@ -1,0 +1,145 @@
+"""How a model is loaded: on one device as before, or quantized and/or spread by a device map.
+
+:class:`LoadPlan` is what ``load_model`` decides from ``quantize``, ``device_map`` and
+``max_memory``; it gives ``from_pretrained`` its arguments, finds or keeps the pre-quantized copy
+of a checkpoint, and turns running out of memory while loading into a message that says what
+would fit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import OutOfMemoryError, UsageError, is_out_of_memory
+from .device_map import Placement, parse_placement
+from .quantize import (
+    Quantization,
+    check_quantize_device,
+    parse_quantize,
+    prequantized_folder,
+    requantize,
+    save_prequantized,
+    usable_prequantized,
+)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """``target``/``dtype``: as ``--device``/``--dtype`` resolved; ``quantization`` and
+    ``placement``: None unless asked for. A plain plan loads as freqkv always did."""
+
+    target: torch.device
+    dtype: torch.dtype
+    quantization: Quantization | None = None
+    placement: Placement | None = None
+
+    @classmethod
+    def make(
+        cls,
+        target: torch.device,
+        dtype: torch.dtype,
+        quantize: str | None = None,
+        device_map: str | None = None,
+        max_memory: str | None = None,
+    ) -> LoadPlan:
+        quantization = parse_quantize(quantize)
+        placement = parse_placement(device_map, max_memory)
+        if quantization is not None:
+            check_quantize_device(quantization, target)
+            if quantization.kind == "int8" and dtype == torch.float32 and target.type == "cuda":
+                raise UsageError(
+                    "`quantize` int8 computes in 16 bits on CUDA: use --dtype bfloat16 or float16"
+                )
+        if placement is not None and target.type == "mps":
+            raise UsageError("`device_map` spreads a model over CUDA GPUs and the CPU, not mps")
+        return cls(target, dtype, quantization, placement)
+
+    @property
+    def plain(self) -> bool:
+        return self.quantization is None and self.placement is None
+
+    def kwargs(self) -> dict:
+        """``from_pretrained`` arguments beyond dtype: where each module goes, how it is quantized."""
+        kwargs: dict = {}
+        if self.placement is not None:
+            kwargs.update(self.placement.from_pretrained_kwargs(_offload_folder()))
+        else:  # quantized on one device: each tensor is quantized as it arrives there
+            kwargs["device_map"] = {"": str(self.target)}
+        if self.quantization is not None:
+            kwargs["quantization_config"] = self.quantization.config(self.dtype)
+        return kwargs
+
+    def prequantized(self, source: Path) -> Path | None:
+        """The pre-quantized copy of ``source`` (a folder, a .gguf, an adapter folder) for this plan."""
+        if self.quantization is None:
+            return None
+        return prequantized_folder(source, self.quantization, extra=str(self.dtype))
+
+    def load_kept(
+        self, source: Path, load: Callable[[Path, dict], torch.nn.Module]
+    ) -> torch.nn.Module | None:
+        """The model from its pre-quantized copy, if one is kept and intact; else None."""
+        kept = self.prequantized(source)
+        if kept is None or not usable_prequantized(kept):
+            return None
+        kwargs = self.kwargs()
+        kwargs.pop("quantization_config", None)  # the copy's config.json says how it is quantized
+        return load(kept, kwargs)
+
+    def keep(self, source: Path, model: torch.nn.Module, tokenizer: object) -> None:
+        """Keep the quantized ``model`` of ``source`` for the next load."""
+        kept = self.prequantized(source)
+        if kept is not None and not usable_prequantized(kept):
+            save_prequantized(model, tokenizer, kept)
+
+    def place(self, model: torch.nn.Module, common: dict) -> torch.nn.Module:
+        """Quantize and/or spread a model built in memory on the CPU (a GGUF, a merged adapter)."""
+        kwargs = {"dtype": common["dtype"], **self.kwargs()}
+        return requantize(model, kwargs)
+
+    @contextlib.contextmanager
+    def explained(self, name: str) -> Iterator[None]:
+        """Running out of memory while loading says what would fit."""
+        try:
+            yield
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise OutOfMemoryError(self.what_would_fit(name)) from None
+
+    def what_would_fit(self, name: str) -> str:
+        where = "the GPU" if self.target.type == "cuda" else "memory"
+        hints = []
+        if self.quantization is None:
+            hints.append("--quantize int4 (about a quarter of the 16-bit weights) or int8")
+        elif self.quantization.kind == "int8":
+            hints.append("--quantize int4")
+        if self.placement is None:
+            hints.append(
+                "--device-map auto (layers spread over the GPUs and the CPU; --max-memory caps each)"
+            )
+        hints.append("a smaller --window")
+        return f"model '{name}' does not fit in {where}: try " + ", ".join(hints)
+
+
+_OFFLOAD: list[Path] = []
+
+
+def _offload_folder() -> Path:
+    """Where a device map's 'disk' entries keep their weights: one private folder per process."""
+    if not _OFFLOAD:
+        from .default import freqkv_home
+
+        root = freqkv_home() / "offload"
+        root.mkdir(parents=True, exist_ok=True)
+        _OFFLOAD.append(Path(tempfile.mkdtemp(prefix="run-", dir=root)))
+        atexit.register(shutil.rmtree, _OFFLOAD[0], True)
+    return _OFFLOAD[0]

@@ -1,0 +1,208 @@
+"""Weight quantization (``--quantize int8|int4``) through bitsandbytes, and pre-quantized copies.
+
+int4 is NF4 weight-only (blocks of 64 weights share one absmax; weights are de-quantized to the
+compute dtype inside each matmul); int8 is LLM.int8 (int8 weights, outlier features kept in 16
+bits). Embeddings, norms and ``lm_head`` stay in the model's dtype. Why bitsandbytes and not
+torchao: docs/DESIGN.md, figures in docs/BENCHMARKS.md section 8.
+
+transformers quantizes each tensor as it is read (no full 16-bit copy on the device). The result
+is saved once under ``FREQKV_HOME/quantized/`` as safetensors (no pickle), written beside its
+place and renamed there, so a second load reads a quarter of the bytes and quantizes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError, UsageError
+
+QUANTIZE_CHOICES = ("int8", "int4")
+log = logging.getLogger("freqkv_cli")
+
+
+class _CastNotice(logging.Filter):
+    """bitsandbytes logs a warning on every int8 matmul fed float32 (it computes in float16, as
+    docs/DESIGN.md says): thousands of lines a document, about a matmul the user did not write."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
+
+
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_CastNotice())
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """``kind``: int8 (LLM.int8) or int4 (NF4); the compute dtype is the model's ``--dtype``."""
+
+    kind: str
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.kind == "int8" else 4
+
+    def config(self, compute_dtype: torch.dtype) -> object:
+        """The ``quantization_config`` for ``from_pretrained``."""
+        from transformers import BitsAndBytesConfig
+
+        require_bitsandbytes()
+        if self.kind == "int8":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute_dtype,
+            # No double quantization: 0.4 bit/weight less, measured slower decode on the GPU.
+            bnb_4bit_use_double_quant=False,
+        )
+
+    def describe(self) -> str:
+        return "int8 (bitsandbytes LLM.int8)" if self.kind == "int8" else "int4 (bitsandbytes NF4)"
+
+
+def parse_quantize(text: str | None) -> Quantization | None:
+    if text is None or text.strip().lower() in ("", "none", "off"):
+        return None
+    kind = text.strip().lower()
+    if kind not in QUANTIZE_CHOICES:
+        raise UsageError(f"`quantize` '{text}' is not one of {', '.join(QUANTIZE_CHOICES)}")
+    return Quantization(kind)
+
+
+def require_bitsandbytes() -> object:
+    """Import bitsandbytes quietly and offline: on CPUs with AVX512-BF16 it would otherwise try to
+    fetch a kernel from a model hub (and warn when it cannot); freqkv never downloads."""
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    quiet = logging.getLogger("bitsandbytes")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes
+    except ImportError as exc:
+        raise ModelError(
+            f"`quantize` needs the 'bitsandbytes' package (pip install bitsandbytes): {exc}"
+        ) from None
+    finally:
+        quiet.setLevel(level)
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+    return bitsandbytes
+
+
+def check_quantize_device(quantization: Quantization, device: torch.device) -> None:
+    """bitsandbytes runs on CUDA and on CPUs; on MPS it has no int8 and only a partial int4."""
+    if device.type == "mps":
+        raise UsageError(f"`quantize` {quantization.kind} is not supported on mps: use --device cpu")
+
+
+def quantization_of(model: torch.nn.Module) -> str | None:
+    """``int8`` / ``int4`` for a model loaded quantized, else None."""
+    config = getattr(model.config, "quantization_config", None)
+    if config is None:
+        return None
+    data = config if isinstance(config, dict) else config.to_dict()
+    if data.get("load_in_4bit"):
+        return "int4"
+    if data.get("load_in_8bit"):
+        return "int8"
+    return None
+
+
+def weight_facts(model: torch.nn.Module) -> dict:
+    """What ``freqkv info`` reports of the weights: bytes held, quantization, where they are."""
+    from .device_map import devices_of
+
+    placed = devices_of(model)
+    mapping = getattr(model, "hf_device_map", None)
+    return {
+        "weight_bytes": sum(placed.values()),
+        "quantization": quantization_of(model),
+        "weight_bytes_by_device": placed,
+        "device_map": {k: str(v) for k, v in mapping.items()} if mapping else None,
+    }
+
+
+# -- pre-quantized copies under FREQKV_HOME ------------------------------------------------------
+def prequantized_folder(source: Path, quantization: Quantization, extra: str = "") -> Path:
+    """Where the quantized copy of ``source`` (a folder or a .gguf file) is kept. Named by the
+    source's path, the sizes and mtimes of its files, the quantization and the library versions:
+    a changed checkpoint or a new bitsandbytes gets a new copy, without hashing gigabytes."""
+    import transformers
+
+    from .default import freqkv_home
+
+    bitsandbytes = require_bitsandbytes()
+
+    source = source.resolve()
+    files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
+    facts = [str(source), quantization.kind, bitsandbytes.__version__, transformers.__version__, extra]
+    for path in files:
+        stat = path.stat()
+        facts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    digest = hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
+    return freqkv_home() / "quantized" / f"{source.stem}-{quantization.kind}-{digest}"
+
+
+def save_prequantized(model: torch.nn.Module, tokenizer: object, folder: Path) -> None:
+    """Write the quantized model and tokenizer beside ``folder`` with checksums, then rename it
+    there. A folder that cannot be written costs the next load its quantizing, not this one."""
+    import shutil
+    import tempfile
+
+    from .integrity import share, write_manifest
+
+    staging = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".quantize-", dir=folder.parent))
+        model.save_pretrained(staging)  # safetensors; bitsandbytes' quant states as tensors
+        tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
+        write_manifest(staging)
+        share(staging)
+        os.replace(staging, folder)
+    except OSError as exc:
+        log.warning(
+            "could not keep the quantized copy in '%s' (%s): the next load quantizes again", folder, exc
+        )
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def usable_prequantized(folder: Path) -> bool:
+    from .integrity import has_manifest, verify_manifest
+
+    if not (folder / "config.json").is_file() or not has_manifest(folder):
+        return False
+    problem = verify_manifest(folder)
+    if problem is not None:
+        log.warning("the quantized copy in '%s' is damaged (%s): quantizing again", folder, problem)
+        return False
+    return True
+
+
+def requantize(model: torch.nn.Module, kwargs: dict) -> torch.nn.Module:
+    """Quantize a model already in memory (a de-quantized GGUF, a merged adapter), tensor by tensor
+    as transformers loads its state dict: the result on the device is small, whatever the source."""
+    state = model.state_dict()
+    config = model.config
+    with contextlib.suppress(AttributeError):
+        del config.quantization_config
+    del model
+    return type_of(config).from_pretrained(None, config=config, state_dict=state, **kwargs)
+
+
+def type_of(config: object) -> type:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM._model_mapping[type(config)]
