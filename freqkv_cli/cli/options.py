@@ -191,6 +191,28 @@ PlotOpt = Annotated[
 ]
 
 
+QuantizeOpt = Annotated[
+    str | None,
+    option(
+        "--quantize",
+        help="Weight-only quantization through bitsandbytes: int8 (LLM.int8) or int4 (NF4); about a "
+        "half / a quarter of the 16-bit weights. Kept quantized under FREQKV_HOME for the next load.",
+    ),
+]
+DeviceMapOpt = Annotated[
+    str | None,
+    option(
+        "--device-map",
+        help="Spread the model over devices (accelerate): auto, balanced, sequential, or a JSON file "
+        "of module -> device (0, cuda:1, cpu, disk). Each layer's cache stays on its layer's device.",
+    ),
+]
+MaxMemoryOpt = Annotated[
+    str | None,
+    option("--max-memory", help="With --device-map: a cap per device, e.g. 0=20GiB,cpu=64GiB."),
+]
+
+
 # -- the groups --------------------------------------------------------------------------------
 @dataclass
 class ModelChoice:
@@ -202,6 +224,9 @@ class ModelChoice:
     device: DeviceOpt = "auto"
     dtype: DtypeOpt = "auto"
     trust_remote_code: TrustOpt = False
+    quantize: QuantizeOpt = None
+    device_map: DeviceMapOpt = None
+    max_memory: MaxMemoryOpt = None
 
     def load(self, readout: Readout) -> LoadedModel:
         with readout.status(f"loading model {self.model} ..."):
@@ -212,6 +237,9 @@ class ModelChoice:
                 base=self.base,
                 trust_remote_code=self.trust_remote_code,
                 untuned=self.untuned,
+                quantize=self.quantize,
+                device_map=self.device_map,
+                max_memory=self.max_memory,
             )
 
 
