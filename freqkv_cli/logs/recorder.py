@@ -55,9 +55,12 @@ class ConversationLog:
         self._documents_logged = len(session.documents)
         self._exchanges = exchanges
 
-    def forget_documents(self, session: Session) -> None:
-        """After /reset: the session's documents start again from none."""
-        self._documents_logged = len(session.documents)
+    def restart(self) -> None:
+        """What follows is a new conversation (after /clear, /reset, /load): the next exchange
+        opens one, with the session's documents."""
+        self.conversation_id = None
+        self._documents_logged = 0
+        self._exchanges = 0
 
     def record(
         self,

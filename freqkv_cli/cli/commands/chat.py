@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ...errors import ContextLimitError, FreqKVError, Interrupted, UsageError
+from ...api import Chat, Model, Reply
+from ...errors import ContextLimitError, Interrupted, UsageError
+from ...logs import Conversation, ConversationLog, LogError, LogStore, log_path, logging_wanted, replay
 from ...memory.file_format import is_memory_file
 from ...memory.saved import load_session
 from ...models.default import freqkv_home
-from ...session.session import Session
 from .. import options as o
+from ..chat_commands import EXIT, HELP_TEXT, ChatContext, run_command
+from ..conversation_log import answer_options
 from ..output import Readout
-from ..running import (
-    StopFlag,
-    answer,
-    check_writable,
-    keep_memory,
-    make_session,
-    read_into,
-    refuse_cache_flags,
-)
+from ..running import StopFlag, make_session, read_into, refuse_cache_flags
+from ..wrap import WordWrap
 
-HELP_TEXT = (
-    "commands: /read FILE · /save FILE.fkv · /load FILE.fkv · /stats · /reset · /exit (or Ctrl-D) · "
-    "Ctrl-C stops an answer"
-)
+MULTILINE = '"""'  # a line starting with it opens several lines, one ending with it closes them
 
 
 def _enable_line_editing() -> None:
@@ -49,18 +42,29 @@ def _enable_line_editing() -> None:
         pass
 
 
+ContinueOpt = Annotated[
+    bool,
+    typer.Option(
+        "--continue",
+        help="Go on from the last logged conversation (freqkv logs): its documents are read again "
+        "if unchanged, its turns fed again.",
+    ),
+]
+
+
 @o.takes(
     model=o.MODEL,
     cache=o.CACHE,
     answering=o.ANSWER.defaults(max_new_tokens=512),
     source=o.INPUT.only("password"),
-    output=o.OUTPUT.without("as_json"),
+    output=o.LOGGED_OUTPUT.without("as_json"),
 )
 def chat(
     paths: Annotated[
         list[str] | None,
         typer.Argument(help="Documents to read before the conversation.", show_default=False),
     ] = None,
+    go_on: ContinueOpt = False,
     *,
     model: o.ModelChoice,
     cache: o.CacheChoice,
@@ -73,11 +77,15 @@ def chat(
     The whole conversation stays in the compressed cache, so it can run far past the
     model's window.
 
-    In the chat: /read FILE reads another document, /save FILE.fkv keeps the whole
-    conversation (documents and history) and /load FILE.fkv goes on from one, /stats shows
-    memory, /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops an answer and returns
-    to the prompt. With standard input not a terminal, each input line is one turn. A memory
-    file (from `freqkv read` or /save) given first goes on where it stopped.
+    In the chat: /read FILE [--pages 1-3] reads another document; /set temperature 0.7,
+    /set max-tokens N, /set system "...", /set stats on|off change how it answers; /clear
+    forgets the conversation and keeps the documents, /reset forgets both; /save FILE.fkv
+    keeps the whole conversation and /load FILE.fkv goes on from one; /stats shows memory;
+    /bye, /exit or Ctrl-D leaves; /? lists the commands; a line starting with \"\"\" begins
+    several lines, one ending with \"\"\" ends them; Ctrl-C stops an answer. With standard
+    input not a terminal, each input line is one turn. A memory file (from `freqkv read` or
+    /save) given first goes on where it stopped. Every exchange is logged (freqkv logs) unless
+    --no-log or FREQKV_NO_LOG=1; --continue goes on from the last logged conversation.
 
     Examples:
 
@@ -88,6 +96,8 @@ def chat(
       printf 'Who is the narrator?\\nWhere does he go?\\n' | freqkv chat samples/botchan.txt
 
       freqkv chat book.fkv
+
+      freqkv chat --continue
     """
     cache.settings.check()
     readout = output.readout
@@ -95,8 +105,11 @@ def chat(
     memory = paths.pop(0) if paths and is_memory_file(paths[0]) else None
     if any(is_memory_file(path) for path in paths):
         raise UsageError("a saved memory (.fkv) can only come first: it is the conversation to go on with")
+    if memory is not None and go_on:
+        raise UsageError("--continue goes on from the log; a saved memory goes on by itself: drop one")
     if memory is not None:
         refuse_cache_flags(cache, memory)
+    logged = _last_conversation() if go_on else None
     documents = [source.open(path) for path in paths]  # fail before loading
     loaded = model.load(readout)
     if memory is not None:
@@ -105,13 +118,19 @@ def chat(
             session.finish_document(session.open_task)
     else:
         session = make_session(loaded, cache, answering.system)
+    log = ConversationLog("chat", enabled=logging_wanted(output.no_log))
+    conversation = Chat(
+        Model(loaded, cache.settings, cache.ctx_tokens), session=session, log=log, **answer_options(answering)
+    )
     stop = StopFlag()
+    if logged is not None:
+        _go_on(logged, conversation, log, readout, stop)
     interactive = sys.stdin.isatty()
     if interactive:
         _enable_line_editing()
     for document in documents:
         with stop.armed():
-            read_into(session, document, readout, stop, task="read")
+            read_into(conversation.session, document, readout, stop, task="read")
         if stop():
             raise Interrupted("interrupted while reading")
     if interactive:
@@ -119,86 +138,121 @@ def chat(
         room = "no limit" if session.ctx is None else f"up to {session.ctx:,} tokens"
         held = "full cache" if policy.kind == "full" else f"a {policy.window:,}-entry {policy.kind} window"
         readout.info(f"freqkv chat · {loaded.name} · {room} in {held} · {HELP_TEXT}")
+    context = ChatContext(conversation, readout, stop, source, log, stats=readout.console.is_terminal)
     while True:
-        try:
-            line = input("> " if interactive else "")
-        except EOFError:
-            if interactive:
-                sys.stderr.write("\n")
+        text = _next_message(interactive)
+        if text is None:
             return
-        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt, as shells do
-            sys.stderr.write("\n")
-            continue
-        text = line.strip()
         if not text:
             continue
         if text.startswith("/"):
-            outcome = _command(text, session, readout, stop, source)
-            if outcome == "exit":
+            if run_command(text, context) == EXIT:
                 return
-            if isinstance(outcome, Session):  # /load: the conversation goes on from the file
-                session = outcome
             continue
-        try:
-            with stop.armed():
-                session.add_user_turn(text, should_stop=stop)
-                result = answer(session, answering, stop, stream=True)
-        except ContextLimitError as exc:
-            readout.warn(_as_flags(str(exc)))
+        reply = _answer(conversation, text, readout, stop)
+        if reply is None:
             continue
-        if result.stop_reason == "interrupted":
+        if reply.stop_reason == "interrupted":
             readout.info("(answer stopped)")
-        elif result.stop_reason == "max_new_tokens":
-            readout.info(f"(answer cut at --max-new-tokens {answering.max_new_tokens})")
+        elif reply.stop_reason == "max_new_tokens":
+            readout.info(f"(answer cut at {conversation.answering.max_new_tokens} tokens: /set max-tokens N)")
+        if context.stats:
+            readout.info(_stats_line(reply, conversation, readout))
 
 
-def _command(
-    text: str, session: Session, readout: Readout, stop: StopFlag, source: o.InputChoice
-) -> str | Session | None:
-    """Carry out a /command: ``"exit"``, a session to go on with (/load), or None."""
-    name, _, argument = text.partition(" ")
-    if name in ("/exit", "/quit"):
-        return "exit"
-    if name == "/reset":
-        session.reset()
-        readout.info("(conversation cleared)")
-    elif name == "/stats":
-        sys.stderr.write(readout.memory_line(session) + "\n")
-    elif name == "/read":
-        if not argument.strip():
-            readout.warn("usage: /read FILE")
-            return None
+def _next_message(interactive: bool) -> str | None:
+    """The next message, stripped: one line, or the lines between \"\"\" marks; None at the end
+    of input. Ctrl-C at the prompt gives an empty message (a fresh prompt, as shells do)."""
+    try:
+        line = input("> " if interactive else "")
+    except EOFError:
+        if interactive:
+            sys.stderr.write("\n")
+        return None
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return ""
+    text = line.strip()
+    if not text.startswith(MULTILINE):
+        return text
+    lines = [text[len(MULTILINE) :]]
+    while not (len(lines) == 1 and lines[0].endswith(MULTILINE)) and not (
+        len(lines) > 1 and lines[-1].rstrip().endswith(MULTILINE)
+    ):
         try:
-            document = source.open(str(Path(argument.strip()).expanduser()))
-            with stop.armed():
-                report = read_into(session, document, readout, stop, task="read")
-            readout.info(f"(read {report.tokens:,} tokens of {document.name})")
-        except Interrupted:
-            readout.warn("reading stopped; the part already read stays in the conversation")
-        except FreqKVError as exc:  # a bad file must not end the chat
-            readout.warn(_as_flags(str(exc)))
-    elif name in ("/save", "/load"):
-        if not argument.strip():
-            readout.warn(f"usage: {name} FILE.fkv")
-            return None
-        target = str(Path(argument.strip()).expanduser())
+            lines.append(input("... " if interactive else ""))
+        except EOFError:
+            break  # the end of input closes the message
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            return ""
+    message = "\n".join(lines).rstrip()
+    return message.removesuffix(MULTILINE).strip()
+
+
+def _answer(conversation: Chat, text: str, readout: Readout, stop: StopFlag) -> Reply | None:
+    """One exchange, the answer streamed to stdout (word-wrapped in a terminal)."""
+    terminal = sys.stdout.isatty()
+    wrap = WordWrap(sys.stdout, shutil.get_terminal_size().columns) if terminal else None
+
+    def write(piece: str) -> None:
+        if wrap is not None:
+            wrap.write(piece)
+        else:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    try:
+        with stop.armed():
+            reply = conversation.reply(text, on_text=write, should_stop=stop)
+    except ContextLimitError as exc:
+        readout.warn(_as_flags(str(exc)))
+        return None
+    if wrap is not None:
+        wrap.finish()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return reply
+
+
+def _stats_line(reply: Reply, conversation: Chat, readout: Readout) -> str:
+    rate = reply.tokens_out / max(reply.seconds, 1e-9)
+    return (
+        f"  {reply.tokens_out} tokens in {reply.seconds:.1f} s ({rate:,.1f} tok/s) · "
+        f"{readout.memory_line(conversation.session)}"
+    )
+
+
+def _last_conversation() -> Conversation:
+    """The last logged conversation, checked before the model loads."""
+    store = LogStore(log_path())
+    try:
+        last = store.last_id() if store.path.exists() else None
+        if last is None:
+            raise UsageError(f"--continue: no conversation has been logged yet (in {store.path})")
+        return store.conversation(last)
+    except LogError as exc:
+        raise UsageError(f"--continue: {exc}") from None
+
+
+def _go_on(
+    logged: Conversation, conversation: Chat, log: ConversationLog, readout: Readout, stop: StopFlag
+) -> None:
+    """Replay the logged conversation into the chat and say on stderr what came back."""
+
+    def read(session: object, document: object, task: str, question: str | None) -> object:
+        return read_into(session, document, readout, stop, task=task, question=question)  # type: ignore[arg-type]
+
+    with stop.armed():
         try:
-            if name == "/save":
-                check_writable(target)
-                keep_memory(session, target, readout)
-            else:
-                restored = load_session(session.loaded, target, ctx=session.ctx).session
-                if restored.open_task is not None:
-                    restored.finish_document(restored.open_task)
-                readout.info(f"(went on from {target}: {restored.tokens_held:,} tokens held)")
-                return restored
-        except FreqKVError as exc:  # a bad file must not end the chat
-            readout.warn(_as_flags(str(exc)))
-    elif name == "/help":
-        readout.info(HELP_TEXT)
-    else:
-        readout.warn(f"unknown command {name}: {HELP_TEXT}")
-    return None
+            restored = replay(logged, conversation.session, read=read, should_stop=stop)
+        except ContextLimitError as exc:
+            raise UsageError(f"--continue: the conversation does not fit: {exc}") from None
+    if stop():
+        raise Interrupted("interrupted while going on from the log")
+    log.conversation_id = logged.id
+    log.follow(conversation.session, restored.exchanges)
+    readout.info(f"(went on from conversation {logged.id}: {restored.summary()})")
 
 
 def _as_flags(message: str) -> str:
