@@ -343,9 +343,9 @@ def test_eval_ppl_json_schema_skips_short_files_and_flags_extrapolation(
     assert "book.txt" in captured.err and "skipped" in captured.err  # 6,000 tokens < 9000
     data = json.loads(captured.out)
     assert (data["window"], data["sink"], data["ratio"], data["native_window"]) == (1024, 4, 0.5, 4096)
-    assert data["caches"] == ["full", "sink", "freqkv"] and data["lengths"] == [512, 4200, 9000]
+    assert data["caches"] == ["full", "sink", "freqkv", "hybrid"] and data["lengths"] == [512, 4200, 9000]
     assert data["skipped"] == [{"file": str(doc), "length": 9000, "tokens": 6000}]
-    assert len(data["results"]) == 6
+    assert len(data["results"]) == 8
     for result in data["results"]:
         assert {"cache", "length", "ppl", "tokens", "seconds", "file", "extrapolated", "buckets"} <= set(
             result

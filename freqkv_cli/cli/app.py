@@ -15,10 +15,11 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
+from .. import __version__
 from ..config import load_config
 from ..errors import (
     EXIT_FAILURE,
@@ -43,6 +44,7 @@ from .commands.read import read
 from .commands.spectrum import spectrum
 from .commands.summarize import summarize
 from .defaults import default_map
+from .help_format import polish_help
 
 EPILOG = (
     "Exit codes: 0 ok · 1 internal error · 2 usage (or output that cannot be written) · "
@@ -66,6 +68,23 @@ eval_app = typer.Typer(
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"freqkv {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_show_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """The options before a command (the app's help is the Typer's own)."""
+
 
 # Commands whose cache flags resolve against the model (its freqkv.json, its native window).
 CACHE_COMMANDS = (summarize, qa, read, chat, info)
@@ -228,12 +247,17 @@ def run(argv: list[str] | None = None) -> int:
         sys.stderr = _LineEnd(stderr)  # type: ignore[assignment]
     handler = _WarningLine()
     log.addHandler(handler)
+    # Dependencies that log without a handler of their own (bitsandbytes' "Failed to load CPU
+    # gemm_4bit_forward ...") would reach stderr through logging's last resort: not for users.
+    unhandled = logging.NullHandler() if not debug else logging.StreamHandler()
+    logging.getLogger().addHandler(unhandled)
     try:
         with warnings.catch_warnings():
             code = _run(argv, debug)
     except KeyboardInterrupt:  # a second Ctrl-C while the first one was being reported
         code = _fail("interrupted", EXIT_INTERRUPTED)
     finally:
+        logging.getLogger().removeHandler(unhandled)
         log.removeHandler(handler)
         sys.stderr = stderr
     if code == EXIT_INTERRUPTED and argv is None:
@@ -256,7 +280,8 @@ def _run(argv: list[str] | None, debug: bool) -> int:
         _quiet_libraries(debug)
         # standalone_mode=False: Typer returns the exit code of typer.Exit, and of Ctrl-C (130).
         defaults = default_map(load_config())  # the config file: below flags and environment
-        result = app(args=argv, prog_name="freqkv", standalone_mode=False, default_map=defaults)
+        command = polish_help(typer.main.get_command(app))
+        result = command(args=argv, prog_name="freqkv", standalone_mode=False, default_map=defaults)
         code = result if isinstance(result, int) else 0
         if code == EXIT_INTERRUPTED:
             return _fail("interrupted", EXIT_INTERRUPTED)

@@ -21,7 +21,7 @@ LengthsOpt = Annotated[
     ),
 ]
 CachesOpt = Annotated[
-    str, o.option("--cache", help="Policies to compare, comma-separated: full,sink,freqkv.")
+    str, o.option("--cache", metavar="POLICIES", help="Policies to compare, comma-separated.")
 ]
 
 

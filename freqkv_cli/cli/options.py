@@ -41,6 +41,35 @@ def option(*flags: str, panel: str = MODEL_PANEL, **settings: Any) -> Any:
 PathArg = Annotated[
     str, typer.Argument(help="A PDF, a text file, or - for standard input.", show_default=False)
 ]
+DOCUMENT_KINDS = "text, Markdown, PDF, HTML, EPUB or DOCX"
+PathsArg = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="PATH...",
+        help=f"Documents ({DOCUMENT_KINDS}), read in order into one session; - reads standard input.",
+        show_default=False,
+    ),
+]
+
+
+@functools.cache
+def _shipped(name: str) -> object | None:
+    """What the default model's tuned freqkv.json sets ``name`` to, for the help (a small file)."""
+    import json
+
+    from ..models.default import SHIPPED_ADAPTER
+
+    try:
+        return json.loads((SHIPPED_ADAPTER / "freqkv.json").read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def from_the_model(name: str) -> str:
+    """The default text of a cache setting a checkpoint's freqkv.json may set."""
+    value = _shipped(name)
+    return "from the model" if value is None else f"from the model: {value}"
+
 
 # -- model and cache ---------------------------------------------------------------------------
 ModelOpt = Annotated[
@@ -54,7 +83,13 @@ ModelOpt = Annotated[
     ),
 ]
 BaseOpt = Annotated[
-    str | None, option("--base", help="Base model for a LoRA adapter (overrides its config).")
+    str | None,
+    option(
+        "--base",
+        metavar="MODEL",
+        show_default="the adapter's own",
+        help="Base model for a LoRA adapter (overrides its config).",
+    ),
 ]
 UntunedOpt = Annotated[
     bool,
@@ -78,8 +113,10 @@ WindowOpt = Annotated[
     option(
         "--window",
         "-w",
-        help="Cache window N per layer, e.g. 1024, 4k "
-        "[the checkpoint's freqkv.json, else min(4k, model window)].",
+        metavar="SIZE",
+        show_default=from_the_model("window"),
+        help="Cache window N per layer, e.g. 1024, 4k: a tuned checkpoint's freqkv.json sets it, "
+        "else the smaller of 4k and the model's window.",
     ),
 ]
 CtxOpt = Annotated[
@@ -87,16 +124,41 @@ CtxOpt = Annotated[
     option(
         "--ctx",
         "-c",
-        help="Most tokens the session may hold in all (document + conversation), e.g. 32k [no limit].",
+        metavar="SIZE",
+        show_default="no limit",
+        help="Most tokens the session may hold in all (document + conversation), e.g. 32k.",
     ),
 ]
-SinkOpt = Annotated[int | None, option("--sink", help="Sink tokens S [4].")]
-RecentOpt = Annotated[int | None, option("--recent", help="Recent tokens R kept exact [0].")]
-RatioOpt = Annotated[float | None, option("--ratio", help="Share r of the span kept, 0<r<1 [0.5].")]
+SinkOpt = Annotated[
+    int | None,
+    option(
+        "--sink",
+        show_default=from_the_model("sink"),
+        help="Sink tokens S, never compressed (a tuned checkpoint's freqkv.json, else 4).",
+    ),
+]
+RecentOpt = Annotated[
+    int | None,
+    option(
+        "--recent",
+        show_default=from_the_model("recent"),
+        help="Recent tokens R kept exact (a tuned checkpoint's freqkv.json, else 0).",
+    ),
+]
+RatioOpt = Annotated[
+    float | None,
+    option(
+        "--ratio",
+        show_default=from_the_model("ratio"),
+        help="Share r of the span kept, 0<r<1 (a tuned checkpoint's freqkv.json, else 0.5).",
+    ),
+]
 ExactOpt = Annotated[
     float | None,
     option(
-        "--exact", help="hybrid cache: share of the window kept for exact, selected tokens, 0<e<1 [0.25]."
+        "--exact",
+        show_default="0.25",
+        help="hybrid cache: share of the window kept for exact, selected tokens, 0<e<1.",
     ),
 ]
 RereadOpt = Annotated[
@@ -105,22 +167,25 @@ RereadOpt = Annotated[
         "--reread",
         min=0,
         help="hybrid cache: quote this many of the passages the question kept exact again just "
-        "before the question, with the text around them (0: off) [8].",
+        "before the question, with the text around them (0: off).",
     ),
 ]
 SelectOpt = Annotated[
     str | None,
     option(
         "--select",
+        metavar="METHOD",
+        show_default="attention",
         help="hybrid cache: how exact tokens are chosen: attention (the question's, through the "
-        "model's retrieval heads; none without a question), keynorm, surprise [attention].",
+        "model's retrieval heads; key norm until a question is asked), keynorm, surprise.",
     ),
 ]
-CacheOpt = Annotated[str, option("--cache", help=f"Cache policy: {', '.join(POLICIES)}.")]
+CacheOpt = Annotated[str, option("--cache", metavar="POLICY", help=f"Cache policy: {', '.join(POLICIES)}.")]
 RecallOpt = Annotated[
     str,
     option(
         "--recall",
+        metavar="METHOD",
         help="qa on a saved memory (.fkv): how the --reread passages are found: "
         f"{', '.join(RECALL_METHODS)} (docs/BENCHMARKS.md section 7).",
     ),
@@ -131,6 +196,7 @@ SaveOpt = Annotated[
         "--save",
         metavar="FILE.fkv",
         panel=OUTPUT_PANEL,
+        show_default="none",
         help="Also keep the read document as a memory file: later questions on FILE.fkv need no "
         "re-reading (the document is then read before the question, as `freqkv read` does).",
     ),
@@ -147,17 +213,35 @@ TopPOpt = Annotated[float, option("--top-p", panel=OUTPUT_PANEL, help="Nucleus s
 RepetitionOpt = Annotated[
     float, option("--repetition-penalty", panel=OUTPUT_PANEL, help="1 = off; >1 discourages repeating.")
 ]
-SeedOpt = Annotated[int | None, option("--seed", panel=OUTPUT_PANEL, help="Seed for sampling.")]
-SystemOpt = Annotated[str | None, option("--system", panel=OUTPUT_PANEL, help="System prompt.")]
+SeedOpt = Annotated[
+    int | None,
+    option("--seed", panel=OUTPUT_PANEL, show_default="a new one each run", help="Seed for sampling."),
+]
+SystemOpt = Annotated[
+    str | None,
+    option("--system", metavar="TEXT", panel=OUTPUT_PANEL, show_default="none", help="System prompt."),
+]
 
 # -- input and output --------------------------------------------------------------------------
 PagesOpt = Annotated[
-    str | None, option("--pages", panel=INPUT_PANEL, help="PDF pages to read, e.g. 3-40 or 1,4-6.")
+    str | None,
+    option(
+        "--pages",
+        metavar="RANGE",
+        panel=INPUT_PANEL,
+        show_default="all",
+        help="PDF pages to read, e.g. 3-40 or 1,4-6.",
+    ),
 ]
 PasswordOpt = Annotated[
     str | None,
     option(
-        "--password", envvar="FREQKV_PDF_PASSWORD", panel=INPUT_PANEL, help="Password of an encrypted PDF."
+        "--password",
+        metavar="TEXT",
+        envvar="FREQKV_PDF_PASSWORD",
+        panel=INPUT_PANEL,
+        show_default="none",
+        help="Password of an encrypted PDF.",
     ),
 ]
 JsonOpt = Annotated[
@@ -185,7 +269,9 @@ PlotOpt = Annotated[
     str | None,
     option(
         "--plot",
+        metavar="FILE",
         panel=OUTPUT_PANEL,
+        show_default="none",
         help="Also draw a figure to this file (.png, .svg, .pdf); needs matplotlib.",
     ),
 ]

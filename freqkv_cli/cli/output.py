@@ -45,11 +45,19 @@ def gpu_bytes(device: torch.device) -> tuple[int, int] | None:
     return torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
 
 
+# Wide enough for any readout line: rich wraps at the console's width, 80 columns off a terminal.
+UNWRAPPED_WIDTH = 100_000
+
+
 class Readout:
     """Progress and diagnostics on stderr. ``show_progress`` False: warnings and errors only."""
 
     def __init__(self, *, quiet: bool, force_progress: bool, no_color: bool) -> None:
         self.console = Console(stderr=True, no_color=no_color, highlight=False)
+        if not self.console.is_terminal:
+            # A file or a pipe: each readout stays one line, whatever its length, for grep.
+            self.console.soft_wrap = True
+            self.console.width = UNWRAPPED_WIDTH
         self.quiet = quiet
         self.show_progress = not quiet and (force_progress or self.console.is_terminal)
 
@@ -125,6 +133,8 @@ class Readout:
         # The bar and the memory line below it, redrawn together.
         with Live(Group(progress, memory), console=self.console, refresh_per_second=4):
             yield on_progress
+        if not self.console.is_terminal:  # off a terminal, Live leaves its last line open
+            self.console.line()
 
 
 # -- stdout ------------------------------------------------------------------------------------

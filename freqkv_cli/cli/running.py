@@ -202,6 +202,11 @@ def run_document_task(
         tokens_in = session.tokens_held
         result = answer(session, answering, stop, stream=not output.as_json)
     seconds = time.perf_counter() - started
+    cut = result.stop_reason == "max_new_tokens"
+    if cut:  # said in both modes: a cut answer reads like a finished one
+        readout.warn(
+            f"the answer was cut at --max-new-tokens {answering.max_new_tokens}; raise it for a longer one"
+        )
     log_exchange(task, session, question, result, tokens_in, seconds, answering, output.no_log)
     if output.as_json:
         data = result_json(
@@ -211,7 +216,7 @@ def run_document_task(
             tokens_out=result.tokens_out,
             seconds=seconds,
             pages=pages,
-            extra={**extra, "stop_reason": result.stop_reason},
+            extra={**extra, "stop_reason": result.stop_reason, "answer_truncated": cut},
         )
         write_json(data)
     else:

@@ -24,8 +24,9 @@ def calibrate(
         typer.Option(
             "--text",
             rich_help_panel=o.INPUT_PANEL,
-            help="Text to hide the facts in (a book; not the text you will test on) "
-            "[the shipped Botchan excerpt].",
+            metavar="PATH",
+            show_default="the shipped Botchan excerpt",
+            help="Text to hide the facts in (a book; not the text you will test on).",
         ),
     ] = None,
     trials: Annotated[int, typer.Option("--trials", min=1, max=1000, help="Hidden-fact trials.")] = 24,
@@ -33,7 +34,12 @@ def calibrate(
     length: Annotated[int, typer.Option("--length", min=64, max=65536, help="Tokens per trial.")] = 1024,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Where to write the profile [kept for this model under FREQKV_HOME]."),
+        typer.Option(
+            "--out",
+            metavar="FILE",
+            show_default="kept for this model under FREQKV_HOME",
+            help="Where to write the profile.",
+        ),
     ] = None,
     model: o.ModelChoice,
     output: o.OutputChoice,

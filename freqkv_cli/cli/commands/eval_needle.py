@@ -26,20 +26,23 @@ def needle(
     depths: Annotated[
         str, o.option("--depths", "-d", panel=None, help="Needle depths, 0 = start of the document, 1 = end.")
     ] = "0,0.25,0.5,0.75,1",
-    cache: CachesOpt = "full,sink,freqkv",
+    cache: CachesOpt = "full,sink,freqkv,hybrid",
     seeds: Annotated[int, o.option("--seeds", min=1, panel=None, help="Random pass keys per cell.")] = 3,
     haystack: Annotated[
         str | None,
         o.option(
             "--haystack",
             panel=o.INPUT_PANEL,
-            help="Text to hide the needle in [an excerpt of Botchan, public domain, shipped].",
+            metavar="PATH",
+            show_default="an excerpt of Botchan, public domain, shipped",
+            help="Text to hide the needle in.",
         ),
     ] = None,
     later: Annotated[
         str | None,
         o.option(
             "--later",
+            metavar="METHODS",
             panel=None,
             help="Also read each prompt's document with no question in sight, keep it as a memory "
             "file, and ask from that file once per recall method named here, e.g. both,tokens,none "

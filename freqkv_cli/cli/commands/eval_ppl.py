@@ -28,7 +28,7 @@ def ppl(
     ],
     *,
     lengths: LengthsOpt = "4k,8k",
-    cache: CachesOpt = "full,sink,freqkv",
+    cache: CachesOpt = "full,sink,freqkv,hybrid",
     shared: o.CacheChoice,
     model: o.ModelChoice,
     buckets: Annotated[

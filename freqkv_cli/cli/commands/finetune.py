@@ -56,7 +56,9 @@ def finetune(
     lr: Annotated[float, train("--lr", help="Peak learning rate.")] = 3e-4,
     warmup: Annotated[int, train("--warmup", help="Warm-up steps.")] = 10,
     batch: Annotated[int, train("--batch", help="Sequences per optimizer step.")] = 8,
-    micro_batch: Annotated[int, train("--micro-batch", help="Sequences per forward [batch].")] = 0,
+    micro_batch: Annotated[
+        int, train("--micro-batch", show_default="--batch", help="Sequences per forward.")
+    ] = 0,
     lora_r: Annotated[int, train("--lora-r", help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, train("--lora-alpha", help="LoRA alpha.")] = 32,
     lora_dropout: Annotated[float, train("--lora-dropout", help="LoRA dropout.")] = 0.0,
