@@ -8,10 +8,9 @@ list of policies to compare, so a configured cache is not its default).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
-
-import click
 
 from ..config import Config
 
@@ -26,34 +25,36 @@ COMMAND_KEYS: dict[str, Any] = {
 }
 
 
-def default_map(config: Config) -> dict[str, Any]:
-    """The default map click is given for ``config`` (empty without a config file)."""
+def default_map(config: Config, argv: Sequence[str] = ()) -> dict[str, Any]:
+    """The default map click is given for ``config`` (empty without a config file). With a
+    saved memory among the arguments ``argv``, no window: the memory keeps the settings it was
+    read with (and refuses a --window)."""
     if not config.values:
         return {}
+    memory = _names_a_memory(argv)
 
     def build(keys: Any) -> dict[str, Any]:
         if isinstance(keys, dict):
             return {name: build(inner) for name, inner in keys.items()}
-        chosen: dict[str, Any] = {key: config.values[key] for key in keys if key in config.values}
-        if "window" in chosen:
-            chosen["window"] = _unless_memory(chosen["window"])
+        chosen = {key: config.values[key] for key in keys if key in config.values}
+        if memory:
+            chosen.pop("window", None)
         return chosen
 
     return build(COMMAND_KEYS)
 
 
-def _unless_memory(window: str) -> Callable[[], str | None]:
-    """The configured window, except for a command given a saved memory first: the memory keeps
-    the settings it was read with (and refuses a --window)."""
+# Options whose value is a file written, not read: a memory there is not one being asked.
+_WRITTEN = ("-o", "--out", "--save")
 
-    def value() -> str | None:
-        from ..memory.file_format import is_memory_file
 
-        context = click.get_current_context(silent=True)
-        params = context.params if context is not None else {}
-        first = params.get("path") or (params.get("paths") or [None])[0]
-        if isinstance(first, str) and first != "-" and is_memory_file(first):
-            return None
-        return window
+def _names_a_memory(argv: Sequence[str]) -> bool:
+    from ..memory.file_format import is_memory_file
 
-    return value
+    previous = ""
+    for argument in argv:
+        named = previous not in _WRITTEN and not argument.startswith("-") and Path(argument).is_file()
+        if named and is_memory_file(argument):
+            return True
+        previous = argument
+    return False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from ...config import config_path, load_config
+from ...logs import log_path
 from ...sizes import format_bytes, format_count
 from .. import options as o
 from ..output import write_json
@@ -13,7 +15,9 @@ from ..output import write_json
 def info(*, model: o.ModelChoice, cache: o.CacheChoice, output: o.OutputChoice) -> None:
     """Show the model, device, cache settings and the KV memory they need.
 
-    The KV memory of the window is compared with a full cache holding --ctx tokens.
+    The KV memory of the window is compared with a full cache holding --ctx tokens. The
+    config file in use (FREQKV_CONFIG, else $XDG_CONFIG_HOME/freqkv/config.toml, else
+    ~/.config/freqkv/config.toml) and what it sets are shown too.
 
     Examples:
 
@@ -22,6 +26,7 @@ def info(*, model: o.ModelChoice, cache: o.CacheChoice, output: o.OutputChoice) 
       freqkv info --model ./my-model --window 8k --ctx 128k --json
     """
     cache.settings.check()
+    user_config = load_config()  # read before the model: a bad file fails first
     loaded = model.load(output.readout)
     policy = loaded.cache_policy(cache.settings)
     config = loaded.model.config
@@ -50,6 +55,9 @@ def info(*, model: o.ModelChoice, cache: o.CacheChoice, output: o.OutputChoice) 
         "ctx": length,
         "kv_bytes_window": per_token * window_entries,
         "kv_bytes_full_at_ctx": per_token * length,
+        "config_file": str(user_config.path) if user_config.path is not None else None,
+        "config": user_config.values,  # what it sets; flags and environment variables win
+        "log": str(log_path()),
     }
     if output.as_json:
         write_json(data)
@@ -70,5 +78,14 @@ def info(*, model: o.ModelChoice, cache: o.CacheChoice, output: o.OutputChoice) 
         ),
         f"KV memory     {format_bytes(data['kv_bytes_window'])} for {format_count(length)} tokens "
         f"(a full cache would need {format_bytes(data['kv_bytes_full_at_ctx'])})",
+        f"config        {_config_line(data['config_file'], data['config'])}",
+        f"log           {data['log']}",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _config_line(path: str | None, values: dict[str, str]) -> str:
+    if path is None:
+        return f"none (no {config_path()})"
+    settings = ", ".join(f"{key} = {value}" for key, value in values.items()) or "sets nothing"
+    return f"{path}: {settings}"
