@@ -279,7 +279,7 @@ def _run(argv: list[str] | None, debug: bool) -> int:
             raise OutputError("standard output is closed (>&-): redirect it to a file or to /dev/null")
         _quiet_libraries(debug)
         # standalone_mode=False: Typer returns the exit code of typer.Exit, and of Ctrl-C (130).
-        defaults = default_map(load_config())  # the config file: below flags and environment
+        defaults = default_map(load_config(), sys.argv[1:] if argv is None else argv)  # below flags, env
         command = polish_help(typer.main.get_command(app))
         result = command(args=argv, prog_name="freqkv", standalone_mode=False, default_map=defaults)
         code = result if isinstance(result, int) else 0
