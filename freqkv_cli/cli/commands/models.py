@@ -46,7 +46,7 @@ def models(
         return
     grid = Table()
     for column in ("kind", "name", "size", "about"):
-        grid.add_column(column, justify="right" if column == "size" else "left")
+        grid.add_column(column, justify="right" if column == "size" else "left", no_wrap=column != "about")
     for entry in entries:
         grid.add_row(entry.kind, entry.name, format_bytes(entry.bytes) if entry.bytes else "-", entry.note)
     show_table(tables_console(no_color), f"available under {freqkv_home()}", grid)
