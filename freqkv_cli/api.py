@@ -122,12 +122,20 @@ class Model:
             raise UsageError("`question` is empty")
         return self._task(path, "qa", question.strip(), stream, options)
 
-    def chat(self, *paths: str | os.PathLike[str], system: str | None = None, **options: Any) -> Chat:
-        """A conversation, about the documents at ``paths`` (read first, in order) if any; a
-        memory file as the first path goes on from it."""
+    def chat(
+        self,
+        *paths: str | os.PathLike[str],
+        system: str | None = None,
+        pages: str | None = None,
+        password: str | None = None,
+        **options: Any,
+    ) -> Chat:
+        """A conversation, about the documents at ``paths`` (read first, in order, with ``pages``
+        and ``password`` for PDFs) if any; a memory file as the first path goes on from it.
+        ``options``: :class:`Answering`'s fields."""
         chat = Chat(self, system=system, **options)
         for path in paths:
-            chat.read(path)
+            chat.read(path, pages=pages, password=password)
         return chat
 
     def _task(
