@@ -87,7 +87,6 @@ def test_nothing_to_read(name: str, fragment: str) -> None:
     [
         ("binary.bin", "NUL bytes"),
         ("control-chars.txt", "control characters"),
-        ("fake.docx", "zip archive"),
         ("pikepdf-congress.pdf.jpg", "JPEG image"),  # made in the test from bytes, see below
     ],
 )
@@ -96,8 +95,12 @@ def test_binary_files(name: str, fragment: str, tmp_path: Path) -> None:
     if not path.exists():  # a JPEG: keep the magic-number table honest without shipping an image
         path = tmp_path / name
         path.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200))
-    message = fails(InputError, str(path), fragment, "not text or PDF")
+    message = fails(InputError, str(path), fragment, "not a document freqkv reads")
     assert "convert it" in message
+
+
+def test_a_zip_named_docx_without_a_word_document_is_damaged() -> None:
+    fails(InputError, data("fake.docx"), "a damaged Word document")
 
 
 def test_binary_refused_from_its_first_bytes() -> None:

@@ -83,7 +83,7 @@ def read_into(
     finish: bool = True,
 ) -> ReadReport:
     """Stream a document with live progress; warn (never silently) about anything lost."""
-    total_chars = len(document.text()) if document.kind == "text" else None
+    total_chars = len(document.text()) if document.page_count is None else None
     with readout.reading(document, session, total_chars) as on_progress:
         report = session.read_document(
             document,

@@ -31,7 +31,7 @@ class Document:
     """
 
     name: str
-    kind: str  # "pdf" | "text"
+    kind: str  # "pdf", "text", "html", "epub" or "docx" (all but PDFs are read whole, as one page)
     page_count: int | None
     warnings: list[str] = field(default_factory=list)
     total_pages: int | None = None

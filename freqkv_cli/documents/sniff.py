@@ -1,4 +1,5 @@
-"""What is this file? PDF, text (and in which Unicode form), or binary: judged from its bytes."""
+"""What is this file? PDF, a zip package (EPUB, DOCX), HTML, text (and in which Unicode form),
+or binary: judged from its bytes, the name only breaking a tie (an HTML fragment named .html)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ _PDF_HEADER_WINDOW = 1024
 # Control bytes that never occur in text; \t \n \v \f \r and ESC (ANSI colour codes in logs) are allowed.
 _CONTROL = frozenset(range(0x00, 0x09)) | frozenset(range(0x0E, 0x1B)) | frozenset(range(0x1C, 0x20)) | {0x7F}
 _MAX_CONTROL_SHARE = 0.05
+ZIP_MAGIC = b"PK\x03\x04"  # EPUB and DOCX are zips; which one is judged from the whole file
+READABLE = "text, Markdown, PDF, HTML, EPUB or DOCX"
+_HTML_NAMES = (".html", ".htm", ".xhtml")
+_HTML_START = (b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")
+_HTML_TAGS = (b"<html", b"<body", b"<head", b"<p>", b"<div", b"<title")
 # Known binary formats, for a clearer message than "binary file".
 _MAGIC = (
-    (b"PK\x03\x04", "a zip archive (.docx, .epub and .odt files are zips)"),
+    (ZIP_MAGIC, "a zip archive that is neither an EPUB nor a Word document"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Microsoft Office file (.doc/.xls)"),
     (b"\x1f\x8b", "a gzip archive"),
     (b"BZh", "a bzip2 archive"),
@@ -43,6 +49,23 @@ def one_line(message: str) -> str:
 def is_pdf(data: bytes) -> bool:
     """True when ``data`` carries a ``%PDF-`` header (what readers go by, whatever the file name)."""
     return b"%PDF-" in data[:_PDF_HEADER_WINDOW]
+
+
+def is_zip(data: bytes) -> bool:
+    return data.startswith(ZIP_MAGIC)
+
+
+def is_html(name: str, data: bytes) -> bool:
+    """True for a web page: it starts as one (``<!DOCTYPE html``, ``<html``, an XHTML prolog
+    followed by ``<html``), or is named .html/.htm/.xhtml and holds a tag of one."""
+    head = data[:_PDF_HEADER_WINDOW].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    while head.startswith(b"<!--"):  # a comment before the page (generators leave them)
+        head = head.partition(b"-->")[2].lstrip()
+    if head.startswith(_HTML_START[:2]) or (head.startswith(b"<?xml") and b"<html" in head):
+        return True
+    if name.lower().endswith(_HTML_NAMES):
+        return any(tag in head for tag in _HTML_TAGS)
+    return False
 
 
 def bom_encoding(data: bytes) -> tuple[str, int] | None:
@@ -88,7 +111,7 @@ def binary_kind(data: bytes) -> str | None:
 
 def check_head(name: str, head: bytes) -> None:
     """Refuse, from its first bytes, a file that is neither a PDF nor text (InputError)."""
-    if is_pdf(head):
+    if is_pdf(head) or is_zip(head):  # a zip is judged once read whole (its directory is at the end)
         return
     if name.lower().endswith(".pdf"):
         raise InputError(
@@ -99,4 +122,9 @@ def check_head(name: str, head: bytes) -> None:
         return
     kind = binary_kind(head)
     if kind is not None:
-        raise InputError(f"{name}: this is {kind}, not text or PDF; convert it to .txt or .pdf first")
+        raise InputError(not_readable(name, kind))
+
+
+def not_readable(name: str, kind: str) -> str:
+    """The one-line refusal of a file of a kind freqkv does not read."""
+    return f"{name}: this is {kind}, not a document freqkv reads ({READABLE}); convert it to text first"

@@ -8,7 +8,15 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from freqkv_cli.documents.document import Page
-from freqkv_cli.documents.sniff import SNIFF_BYTES, binary_kind, bom_encoding, bomless_utf16, check_head
+from freqkv_cli.documents.sniff import (
+    READABLE,
+    SNIFF_BYTES,
+    binary_kind,
+    bom_encoding,
+    bomless_utf16,
+    check_head,
+    not_readable,
+)
 from freqkv_cli.errors import InputError
 
 STDIN_NAME = "<stdin>"
@@ -86,7 +94,7 @@ def decode_text(name: str, data: bytes) -> tuple[str, str, list[str]]:
             return _finish(name, text), guessed, warnings
     kind = binary_kind(data)
     if kind is not None:
-        raise InputError(f"{name}: this is {kind}, not text or PDF; convert it to .txt or .pdf first")
+        raise InputError(not_readable(name, kind))
     try:
         return _finish(name, data.decode("utf-8")), "utf-8", warnings
     except UnicodeDecodeError as exc:
@@ -131,7 +139,7 @@ def _finish(name: str, text: str) -> str:
     if nul >= 0:
         raise InputError(
             f"{name}: this is a binary file (it contains NUL bytes, the first at character {nul:,}), "
-            "not text or PDF; convert it to .txt or .pdf first"
+            f"not a document freqkv reads ({READABLE}); convert it to text first"
         )
     # One newline convention, so that token counts and page text do not depend on the OS that wrote it.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
