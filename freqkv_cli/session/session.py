@@ -266,8 +266,12 @@ class Session:
                 consumed -= tokens
                 state.chars_done += chars
                 state.pages_done += ends_page
-            if queued and consumed:
-                queued[0][0] -= consumed
+            if queued and consumed:  # inside a block: its characters counted pro rata, so that a
+                block = queued[0]  # one-block text moves too and the time left can show
+                share = block[1] * consumed // block[0]
+                block[0] -= consumed
+                block[1] -= share
+                state.chars_done += share
             if on_progress is not None:
                 on_progress(state)
 
