@@ -6,6 +6,7 @@ import sys
 
 from ...config import config_path, load_config
 from ...logs import log_path
+from ...models.quantize import describe_weights, weight_facts
 from ...sizes import format_bytes, format_count
 from .. import options as o
 from ..output import write_json
@@ -55,6 +56,7 @@ def info(*, model: o.ModelChoice, cache: o.CacheChoice, output: o.OutputChoice) 
         "ctx": length,
         "kv_bytes_window": per_token * window_entries,
         "kv_bytes_full_at_ctx": per_token * length,
+        **weight_facts(loaded.model),  # weight_bytes, quantization, by device, device_map
         "config_file": str(user_config.path) if user_config.path is not None else None,
         "config": user_config.values,  # what it sets; flags and environment variables win
         "log": str(log_path()),
@@ -65,6 +67,7 @@ def info(*, model: o.ModelChoice, cache: o.CacheChoice, output: o.OutputChoice) 
     lines = [
         f"model         {data['model']} ({data['family']}, {format_count(data['parameters'])} parameters)",
         f"device        {data['device']} · {data['dtype']}",
+        f"weights       {describe_weights(data)}",
         f"native window {format_count(data['native_window'])} tokens",
         f"cache         {policy.kind} · window {format_count(policy.window)} · sink {policy.sink} · "
         f"recent {policy.recent} · ratio {policy.ratio}"
