@@ -8,18 +8,26 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
+from .buffers import SlotBuffers
+
 
 class WindowLayer(CacheLayerMixin):
     """``capacity`` preallocated slots ``(batch, kv_heads, capacity, head_dim)``: appending writes
-    slots in place and never copies the cache (a CUDA graph can capture that)."""
+    slots in place and never copies the cache (a CUDA graph can capture that).
+
+    ``buffers``/``index``: where the slots live when they must outlive this layer (a graph
+    captured over them); None: the layer's own.
+    """
 
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, buffers: SlotBuffers | None = None, index: int = 0) -> None:
         super().__init__()
         self.capacity = capacity
         self.length = 0
+        self.buffers = buffers
+        self.index = index
 
     def slots_for(self, seq: int) -> int:
         """Slots to allocate on first use, for a first write of ``seq`` entries."""
@@ -28,8 +36,12 @@ class WindowLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, seq, _ = key_states.shape
         slots = self.slots_for(seq)
-        self.keys = key_states.new_empty((batch, heads, slots, key_states.shape[-1]))
-        self.values = value_states.new_empty((batch, heads, slots, value_states.shape[-1]))
+        keys_shape = (batch, heads, slots, key_states.shape[-1])
+        values_shape = (batch, heads, slots, value_states.shape[-1])
+        if self.buffers is not None:
+            self.keys, self.values = self.buffers.take(self.index, keys_shape, values_shape, key_states)
+        else:
+            self.keys, self.values = key_states.new_empty(keys_shape), value_states.new_empty(values_shape)
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
@@ -48,6 +60,12 @@ class WindowLayer(CacheLayerMixin):
         self.values[:, :, self.length : end] = value_states
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def grew(self, count: int) -> None:
+        """``count`` more slots were written in place, past the length (a replayed graph): hold them."""
+        if self.length + count > self.keys.shape[-2]:
+            raise RuntimeError(f"window overflow: {self.length + count} > {self.keys.shape[-2]}")
+        self.length += count
 
     def write(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Overwrite slots from ``start`` with ``keys``/``values`` ``(B, H, n, D)``; the layer then
@@ -101,7 +119,7 @@ class GrowingLayer(WindowLayer):
     """No window: the full policy's layer, which grows as tokens come (the exact reference)."""
 
     def __init__(self) -> None:
-        super().__init__(capacity=-1)
+        super().__init__(capacity=-1)  # grows, so never in shared buffers
 
     def slots_for(self, seq: int) -> int:
         return max(256, seq)

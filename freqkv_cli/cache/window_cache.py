@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache
 
+from .buffers import SlotBuffers
 from .compress_round import HybridState
 from .hybrid import HybridRounds
 from .layers import GrowingLayer, WindowLayer
@@ -47,6 +48,7 @@ class WindowedCache(Cache):
     ``rotary_emb`` is the model's rotary embedding module (``model.model.rotary_emb``).
     ``lowpass_method``: ``"auto"``, ``"fft"`` or ``"matrix"`` (see :mod:`.dct`).
     ``selector``: the hybrid's way of choosing exact slots (default: the one the policy names).
+    ``buffers``: where the windows' slots live, shared by the caches an engine makes in turn.
     """
 
     def __init__(
@@ -56,11 +58,12 @@ class WindowedCache(Cache):
         rotary_emb: nn.Module,
         lowpass_method: str = "auto",
         selector: Selector | None = None,
+        buffers: SlotBuffers | None = None,
     ) -> None:
         if policy.kind == "full":
             layers: list[WindowLayer] = [GrowingLayer() for _ in range(num_layers)]
         else:
-            layers = [WindowLayer(policy.window) for _ in range(num_layers)]
+            layers = [WindowLayer(policy.window, buffers, index) for index in range(num_layers)]
         super().__init__(layers=layers)
         self.policy = policy
         self.rotation = KeyRotation(rotary_emb)
@@ -142,6 +145,13 @@ class WindowedCache(Cache):
             self.tokens_seen += key_states.shape[-2]
         return self.layers[layer_idx].update(key_states, value_states)
 
+    def appended(self, count: int) -> None:
+        """``count`` entries were written into every layer's slots in place (a replayed decode
+        graph, which cannot call :meth:`update`): hold them."""
+        for layer in self.layers:
+            layer.grew(count)
+        self.tokens_seen += count
+
     def reset(self) -> None:
         for layer in self.layers:
             layer.reset()
@@ -192,6 +202,7 @@ class WindowedCache(Cache):
             state.put("rounds", self.rounds.state())
         return state
 
+    @torch.inference_mode()  # the slots may be shared buffers made under inference mode
     def load_state(self, state: State, device: torch.device, dtype: torch.dtype) -> None:
         """Hold what :meth:`state` gave, on ``device`` in ``dtype``. The cache must have been made
         for the same policy kind and number of layers."""

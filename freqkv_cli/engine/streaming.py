@@ -8,6 +8,7 @@ forward call where no compression happens in between, so it changes memory, not 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,12 +16,15 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from ..cache.buffers import SlotBuffers
 from ..cache.policy import CachePolicy
 from ..cache.selectors import Selector
 from ..cache.state import State, copy_of
 from ..cache.window_cache import CacheStats, WindowedCache
 from ..errors import Interrupted
 from .attention_kernels import attention_kernels
+from .graph_decode import GraphDecoder
+from .graph_prefill import ChunkGraphs
 from .passages import QUOTE_LEFT, QUOTE_RIGHT, ExactPassages
 from .query_capture import QueryCapture
 from .sampling import Sampler
@@ -43,6 +47,10 @@ class StreamingEngine:
     slots fitted to a pinned question).
     ``tokenizer``: used only to decode generated text (stop strings, streaming callbacks).
     ``head_weights``: which query heads score tokens for the hybrid's exact slots (None: all).
+    ``decode_graphs``: decode over the window's slots as a replayed CUDA graph
+    (:mod:`.graph_decode`); None: where the model sits on one CUDA device. True elsewhere runs
+    the same static-shape step eagerly. ``compile_decode``: fuse that step with torch.compile
+    before capture (None: the ``FREQKV_COMPILE`` environment variable, ``1`` for yes).
     """
 
     def __init__(
@@ -53,6 +61,8 @@ class StreamingEngine:
         max_chunk: int = 2048,
         lowpass_method: str = "auto",
         head_weights: torch.Tensor | None = None,  # (layers, q_heads)
+        decode_graphs: bool | None = None,
+        compile_decode: bool | None = None,
     ) -> None:
         if max_chunk < 1:
             raise ValueError("max_chunk must be positive")
@@ -62,6 +72,13 @@ class StreamingEngine:
         self.max_chunk = max_chunk
         self.lowpass_method = lowpass_method
         self.head_weights = head_weights
+        self.buffers = SlotBuffers()  # every cache this engine makes writes these slots
+        graphs = GraphDecoder.suits(model) if decode_graphs is None else decode_graphs
+        if compile_decode is None:
+            compile_decode = os.environ.get("FREQKV_COMPILE", "0") == "1"
+        self.decoder = GraphDecoder(model, self.buffers, compile=compile_decode) if graphs else None
+        self.chunk_graphs = ChunkGraphs(model, self.buffers) if graphs else None
+        self._hooked = False  # forward hooks are watching (a question's queries): no replays
         self.reset()
 
     @property
@@ -90,6 +107,7 @@ class StreamingEngine:
             self.model.config.num_hidden_layers,
             self.model.model.rotary_emb,
             lowpass_method=self.lowpass_method,
+            buffers=self.buffers,
         )
         self._last_hidden: torch.Tensor | None = None
         self._pending: list[int] = []
@@ -106,7 +124,11 @@ class StreamingEngine:
         before = self.state()
         try:
             with QueryCapture(self.model) as captured:
-                self._feed(ids, False, None)
+                self._hooked = True
+                try:
+                    self._feed(ids, False, None)
+                finally:
+                    self._hooked = False
             return [q[:, :, -QUESTION_QUERIES:] for q in captured.queries()]
         finally:
             self.load_state(before)
@@ -139,6 +161,12 @@ class StreamingEngine:
     def _forward(self, ids: Sequence[int]) -> torch.Tensor:
         """One forward call that appends ``ids`` to the cache; returns hidden states (1, T, D)."""
         start = self.cache.length
+        if self.chunk_graphs is not None and not self._hooked:
+            hidden = self.chunk_graphs.forward(self.cache, ids)
+            if hidden is not None:
+                if self.passages is not None:
+                    self.passages.read(ids)
+                return hidden
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(ids), device=self.device)[None]
         with attention_kernels(self.device, len(ids)):
@@ -209,7 +237,11 @@ class StreamingEngine:
             raise ValueError("pin=True only for a prefix: everything fed before must be pinned too")
         capture = question and self.selector is not None
         with QueryCapture(self.model) if capture else nullcontext() as captured:
-            self._feed(token_ids, pin, on_progress)
+            self._hooked = capture
+            try:
+                self._feed(token_ids, pin, on_progress)
+            finally:
+                self._hooked = False
         if captured is not None:
             # Only the question's own tokens: the instruction's and the "Document:" cue's queries
             # point at line starts and headings (measured: the pass-key sentence ranked 2nd-6th
@@ -356,13 +388,28 @@ class StreamingEngine:
             if on_text is not None and not text.endswith("\ufffd") and len(text) > len(emitted):
                 on_text(text[len(emitted) :])
                 emitted = text
-            for _chunk, hidden in self._feed_hidden([token]):
-                self._last_hidden = hidden[:, -1]
-            logits = self.logits(self._last_hidden)[0]
+            logits = self._advance(token)
         text = self._decode(generated) if reason != "stop_string" else emitted
         if on_text is not None and len(text) > len(emitted) and reason != "stop_string":
             on_text(text[len(emitted) :])
         return GenerationResult(token_ids=generated, text=text, stop_reason=reason)
+
+    def _advance(self, token: int) -> torch.Tensor:
+        """Read one generated token into the cache; returns the next token's ``(vocab,)`` logits."""
+        if self.decoder is None or not self.decoder.accepts(self.cache):
+            for _chunk, hidden in self._feed_hidden([token]):
+                self._last_hidden = hidden[:, -1]
+            return self.logits(self._last_hidden)[0]
+        if self.cache.room() == 0:
+            self._compress()
+        start, previous = self.cache.length, self._last_hidden
+        hidden, logits = self.decoder.step(self.cache, token)
+        if self.passages is not None:
+            self.passages.read([token])
+        if self.selector is not None:
+            self.selector.observe(start, [token], hidden, previous, self.logits)
+        self._last_hidden = hidden[:, -1]
+        return logits[0]
 
     def _decode(self, ids: list[int]) -> str:
         if self.tokenizer is None:
