@@ -132,8 +132,9 @@ def _with_heads(loaded: LoadedModel, folder: Path | None) -> LoadedModel:
 def _finish(model: PreTrainedModel, target: torch.device, plan: LoadPlan | None = None) -> PreTrainedModel:
     model.eval()
     model.requires_grad_(False)
-    # A quantized or spread model was placed by from_pretrained; .to() would undo the map.
-    return model if plan is not None and not plan.plain else model.to(target)
+    if plan is not None and not plan.plain:  # placed by from_pretrained; .to() would undo the map
+        return plan.check_placed(model)
+    return model.to(target)
 
 
 def _from_pretrained(folder: Path, kwargs: dict) -> PreTrainedModel:

@@ -105,6 +105,16 @@ class LoadPlan:
         kwargs = {"dtype": common["dtype"], **self.kwargs()}
         return requantize(model, kwargs)
 
+    def check_placed(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Token ids enter at the embedding: it must be on a device, not offloaded to disk."""
+        weight = getattr(model.get_input_embeddings(), "weight", None)
+        if weight is not None and weight.device.type == "meta":
+            raise UsageError(
+                "`max_memory` leaves no device room for the embedding (the device map put it on disk): "
+                "raise the caps"
+            )
+        return model
+
     @contextlib.contextmanager
     def explained(self, name: str) -> Iterator[None]:
         """Running out of memory while loading says what would fit."""

@@ -132,6 +132,21 @@ def weight_facts(model: torch.nn.Module) -> dict:
     }
 
 
+def describe_weights(facts: dict) -> str:
+    """One line of :func:`weight_facts`: bytes, quantization, and per device when spread."""
+    from ..sizes import format_bytes
+
+    kind = facts["quantization"]
+    line = f"{format_bytes(facts['weight_bytes'])} · " + (
+        Quantization(kind).describe() if kind else "not quantized"
+    )
+    if facts["device_map"]:
+        line += " · " + ", ".join(
+            f"{d} {format_bytes(b)}" for d, b in facts["weight_bytes_by_device"].items()
+        )
+    return line
+
+
 # -- pre-quantized copies under FREQKV_HOME ------------------------------------------------------
 def prequantized_folder(source: Path, quantization: Quantization, extra: str = "") -> Path:
     """Where the quantized copy of ``source`` (a folder or a .gguf file) is kept. Named by the
