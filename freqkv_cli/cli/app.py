@@ -116,7 +116,8 @@ def _check_cache_flags(spec: str, values: dict[str, Any]) -> None:
     from ..models.early_checks import check_cache_settings
     from .options import CacheChoice
 
-    path = values.get("path")
+    given_paths = values.get("paths") or values.get("inputs") or [values.get("path")]  # qa: inputs
+    path = given_paths[0]
     if isinstance(path, str) and path != "-" and is_memory_file(path):
         return  # a saved memory keeps its own settings (and refuses cache flags itself)
     given = {f.name: values[f.name] for f in fields(CacheChoice) if f.init and f.name in values}

@@ -116,7 +116,8 @@ class Readout:
         )
         memory = Text("  starting ...", style="dim")
         started = time.perf_counter()
-        task = progress.add_task(Path(document.name).name, total=total, done="", speed="")
+        label = " + ".join(Path(name).name for name in document.parts or [document.name])
+        task = progress.add_task(label, total=total, done="", speed="")
 
         def on_progress(state: ReadProgress) -> None:
             elapsed = max(time.perf_counter() - started, 1e-6)

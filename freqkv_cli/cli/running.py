@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..documents import Document
+from ..documents import Document, join_documents
 from ..errors import Interrupted, UsageError
 from ..memory.file_format import is_memory_file
 from ..memory.recall import recall
@@ -95,8 +95,8 @@ def read_into(
             on_progress=on_progress,
             should_stop=stop,
         )
-    for warning in report.warnings:
-        readout.warn(f"{document.name}: {warning}")
+    for warning in report.warnings:  # a joined document's name each of its parts' warnings
+        readout.warn(warning if document.parts else f"{document.name}: {warning}")
     if report.truncated:
         read, total, limit = (format_count(n) for n in (report.tokens, report.tokens_total, session.ctx or 0))
         readout.warn(
@@ -138,7 +138,7 @@ DOCUMENT_TASK["output"] = LOGGED_OUTPUT  # with --no-log: their exchanges are lo
 
 
 def run_document_task(
-    path: str,
+    paths: list[str],
     *,
     task: str,
     question: str | None = None,
@@ -149,16 +149,20 @@ def run_document_task(
     source: InputChoice,
     output: OutputChoice,
 ) -> None:
-    """summarize / qa: check input, load, read the document (or load a saved memory of it),
-    answer, report. ``save``: keep the read as a memory file too."""
+    """summarize / qa: check input, load, read the documents, in order, as one (or load a saved
+    memory), answer, report. ``save``: keep the read as a memory file too."""
     cache.settings.check()
     readout = output.readout
     started = time.perf_counter()
+    path = paths[0]
     memory = is_memory_file(path)
+    memories = [p for p in paths if p != "-" and is_memory_file(p)]
+    if memories and len(paths) > 1:
+        raise UsageError(f"{memories[0]} is a saved memory: it is asked alone, without other documents")
     if memory:
         refuse_cache_flags(cache, path)
     else:
-        document = source.open(path)  # before the model: bad input fails fast
+        document = open_documents(paths, source)  # before the model: bad input fails fast
     if save is not None:
         check_writable(save)
     loaded = model.load(readout)
@@ -190,6 +194,7 @@ def run_document_task(
                 keep_memory(session, save, readout)  # type: ignore[arg-type]
             extra = {
                 "document": document.name,
+                "documents": document.parts or [document.name],
                 "document_tokens": report.tokens,
                 "document_tokens_total": report.tokens_total,
                 "truncated": report.truncated,
@@ -232,6 +237,17 @@ def run_document_task(
         )
     if result.stop_reason == "interrupted":
         raise Interrupted("interrupted: the answer above is incomplete")
+
+
+def open_documents(paths: list[str], source: InputChoice) -> Document:
+    """Open and check every document (standard input at most once) and join them in order."""
+    if not paths:
+        raise UsageError("no document given: pass a file path, or - for standard input")
+    if paths.count("-") > 1:
+        raise UsageError("standard input (-) can be read only once")
+    if len(paths) > 1 and source.pages is not None:
+        raise UsageError("--pages selects the pages of one PDF; with several documents, drop it")
+    return join_documents([source.open(path) for path in paths])
 
 
 def ask_after_reading(session: Session, task: str, question: str | None, cache: CacheChoice) -> None:

@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from freqkv_cli.documents.document import Document, Page
 from freqkv_cli.documents.html_text import html_to_text
+from freqkv_cli.documents.joined import join_documents
 from freqkv_cli.documents.packages import docx_text, epub_text, open_zip, package_kind
 from freqkv_cli.documents.pages import parse_page_range
 from freqkv_cli.documents.pdf import open_pdf
@@ -21,7 +22,7 @@ from freqkv_cli.documents.sniff import is_html, is_pdf, is_zip, not_readable
 from freqkv_cli.documents.text import STDIN_NAME, TextSource, decode_text, read_input
 from freqkv_cli.errors import InputError, UsageError
 
-__all__ = ["STDIN_NAME", "Document", "Page", "open_document", "parse_page_range"]
+__all__ = ["STDIN_NAME", "Document", "Page", "join_documents", "open_document", "parse_page_range"]
 
 
 def open_document(

@@ -37,6 +37,7 @@ class Document:
     total_pages: int | None = None
     encoding: str | None = None
     sha256: str | None = None  # of the bytes read (a memory file records which document it holds)
+    parts: list[str] = field(default_factory=list)  # the names of the documents joined in this one
     _source: PageSource | None = field(default=None, repr=False, compare=False)
 
     def pages(self) -> Iterator[Page]:
