@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from freqkv_cli.cache.policy import CachePolicy
 from freqkv_cli.engine.streaming import StreamingEngine
 from freqkv_cli.models.device_map import devices_of
-from freqkv_cli.models.quantize import require_bitsandbytes
+from freqkv_cli.models.quantize import INT8_THRESHOLD, require_bitsandbytes
 
 GiB = 1 << 30
 
@@ -97,7 +97,7 @@ def quantized_linear(linear: nn.Linear, kind: str, device: torch.device) -> nn.M
             linear.out_features,
             bias=False,
             has_fp16_weights=False,
-            threshold=6.0,
+            threshold=INT8_THRESHOLD,
             device="meta",
         )
         new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
