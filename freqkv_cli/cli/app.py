@@ -6,7 +6,9 @@ import os
 import sys
 
 # Read by tqdm when it is first imported (transformers imports it below): the GGUF reader's bar.
-os.environ.setdefault("TQDM_DISABLE", "1")
+# Libraries' own progress bars are for developers (FREQKV_DEBUG=1); users see ours.
+if not os.environ.get("FREQKV_DEBUG"):
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
 import errno
 import functools
@@ -236,8 +238,9 @@ def _quiet_libraries(debug: bool) -> None:
         warnings.simplefilter("ignore")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    if not debug:
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def run(argv: list[str] | None = None) -> int:
