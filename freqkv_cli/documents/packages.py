@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import posixpath
 import zipfile
+import zlib
 from urllib.parse import unquote
 from xml.etree import ElementTree
 
@@ -26,12 +27,15 @@ _EPUB_MIMETYPE = b"application/epub+zip"
 _CONTAINER = "META-INF/container.xml"
 _XHTML_TYPES = ("application/xhtml+xml", "text/html")
 _DAMAGED = "re-download it, or open and save it again in its editor"
+# What a damaged zip raises while read: a bad header, a corrupt deflate stream, an entry that is
+# encrypted or compressed a way zipfile does not know (RuntimeError, NotImplementedError), cut short.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, RuntimeError, EOFError, KeyError)
 
 
 def open_zip(name: str, data: bytes) -> zipfile.ZipFile:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
         raise InputError(f"{name}: the file is damaged ({one_line(str(exc))}); {_DAMAGED}") from None
     if sum(info.file_size for info in archive.infolist()) > MAX_UNPACKED:
         raise InputError(f"{name}: unpacks to more than {MAX_UNPACKED >> 30} GiB; not read")
@@ -41,7 +45,11 @@ def open_zip(name: str, data: bytes) -> zipfile.ZipFile:
 def package_kind(archive: zipfile.ZipFile) -> str | None:
     """``"epub"``, ``"docx"``, or None for another zip (an .odt, a .xlsx, an archive)."""
     names = set(archive.namelist())
-    if "mimetype" in names and _read(archive, "mimetype").strip() == _EPUB_MIMETYPE:
+    try:
+        mimetype = _read(archive, "mimetype").strip() if "mimetype" in names else b""
+    except _ZIP_ERRORS:
+        mimetype = b""  # judged by its other entries; reading them says what is damaged
+    if mimetype == _EPUB_MIMETYPE:
         return "epub"
     if _CONTAINER in names and any(n.endswith(".opf") for n in names):
         return "epub"  # a mimetype entry missing or wrong: still a book
@@ -72,7 +80,7 @@ def epub_text(name: str, archive: zipfile.ZipFile) -> str:
             text = html_to_text(markup, title=False)
             if text:
                 chapters.append(text)
-    except (KeyError, ElementTree.ParseError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (ElementTree.ParseError, *_ZIP_ERRORS) as exc:
         raise InputError(f"{name}: a damaged EPUB ({one_line(str(exc))}); {_DAMAGED}") from None
     return "\n\n".join(chapters)
 
