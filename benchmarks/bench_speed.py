@@ -272,16 +272,16 @@ def streaming(model, shape: str, device: torch.device, args, base: dict) -> list
                 if "decode" in args.sections:
                     row["decode_graph_ms"] = decode_ms(engine, args.decode, device)
                     if length == args.lengths[0] and device.type == "cuda":
-                        decoder = engine.decoder
-                        engine.decoder = GraphDecoder(model, engine.buffers, compile=True)
+                        decoder = engine.replays.decoder
+                        engine.replays.decoder = GraphDecoder(model, engine.replays.buffers, compile=True)
                         started = time.perf_counter()
                         engine.generate(2, Sampler(), stop_token_ids=())
                         row["compile_s"] = time.perf_counter() - started
                         row["decode_compiled_ms"] = decode_ms(engine, args.decode, device)
-                        row["decode_compiled_fell_back"] = not engine.decoder.compile
-                        engine.decoder = None  # the same engine, eager from here
+                        row["decode_compiled_fell_back"] = not engine.replays.decoder.compile
+                        engine.replays.decoder = None  # the same engine, eager from here
                         row["decode_eager_ms"] = decode_ms(engine, args.decode // 2, device)
-                        engine.decoder = decoder
+                        engine.replays.decoder = decoder
                 if length == args.lengths[0]:
                     _, eager = read(model, policy, length, device, graphs=False)
                     row["prefill_eager_tok_s"] = eager["tok_s"]

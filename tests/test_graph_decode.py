@@ -44,9 +44,9 @@ def test_static_step_equals_plain_decode_across_rounds(family: str, policy: Cach
     ids, forced = prompt(1), prompt(2, 50)  # 50 decoded tokens: several rounds during decode
     plain = StreamingEngine(model, policy, decode_graphs=False)
     static = StreamingEngine(model, policy, decode_graphs=True)
-    assert plain.decoder is None and static.decoder is not None
+    assert plain.replays.decoder is None and static.replays.decoder is not None
     want, got = teacher_forced(plain, ids, forced), teacher_forced(static, ids, forced)
-    assert static.chunk_graphs is not None and static.chunk_graphs.graphs  # repeated chunks went static
+    assert static.replays.chunks is not None and static.replays.chunks.graphs  # repeated chunks went static
     assert static.stats().compressions == plain.stats().compressions >= 3
     for step, (a, b) in enumerate(zip(want, got, strict=True)):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=f"step {step}")
@@ -64,7 +64,7 @@ def test_greedy_generation_is_the_same_and_slots_outlive_resets_and_loads() -> N
     for engine in (plain, static):
         engine.feed(prompt(3))
     want = plain.generate(40, Sampler(), stop_token_ids=()).token_ids
-    slots = [pair for pair in (static.buffers.pair(i) for i in range(2))]
+    slots = [pair for pair in (static.replays.buffers.pair(i) for i in range(2))]
     assert static.generate(40, Sampler(), stop_token_ids=()).token_ids == want
     saved = static.state()
     static.reset()  # a new cache, the same slots
@@ -74,17 +74,21 @@ def test_greedy_generation_is_the_same_and_slots_outlive_resets_and_loads() -> N
     plain_next = plain.generate(20, Sampler(), stop_token_ids=()).token_ids
     assert static.generate(20, Sampler(), stop_token_ids=()).token_ids == plain_next
     for index, (keys, values) in enumerate(slots):
-        now = static.buffers.pair(index)
+        now = static.replays.buffers.pair(index)
         assert now is not None and now[0] is keys and now[1] is values
-    assert static.buffers.generation == 2  # made once per layer, never again
+    assert static.replays.buffers.generation == 2  # made once per layer, never again
 
 
 def test_the_full_cache_and_cpu_default_decode_plainly() -> None:
     model = tiny_model("llama")
-    assert StreamingEngine(model, CachePolicy(kind="freqkv", window=24)).decoder is None  # CPU: auto is off
+    assert (
+        StreamingEngine(model, CachePolicy(kind="freqkv", window=24)).replays.decoder is None
+    )  # CPU: auto is off
     engine = StreamingEngine(model, CachePolicy(kind="full"), decode_graphs=True)
     engine.feed(prompt(5))
-    assert engine.decoder is not None and not engine.decoder.accepts(engine.cache)  # grows: no static shape
+    assert engine.replays.decoder is not None and not engine.replays.decoder.accepts(
+        engine.cache
+    )  # grows: no static shape
     assert not GraphDecoder.suits(model)
 
 
@@ -95,5 +99,5 @@ def test_perplexity_through_static_chunks_equals_plain(family: str) -> None:
     plain = StreamingEngine(model, policy, decode_graphs=False).score(ids)
     engine = StreamingEngine(model, policy, decode_graphs=True)
     static = engine.score(ids)
-    assert engine.chunk_graphs is not None and engine.chunk_graphs.graphs
+    assert engine.replays.chunks is not None and engine.replays.chunks.graphs
     torch.testing.assert_close(static, plain, rtol=1e-4, atol=1e-4)

@@ -67,6 +67,12 @@ class WindowLayer(CacheLayerMixin):
             raise RuntimeError(f"window overflow: {self.length + count} > {self.keys.shape[-2]}")
         self.length += count
 
+    def hold(self, length: int) -> None:
+        """The first ``length`` slots hold the entries (a replayed round rewrote them in place)."""
+        if not 0 <= length <= self.keys.shape[-2]:
+            raise RuntimeError(f"{length} entries do not fit {self.keys.shape[-2]} slots")
+        self.length = length
+
     def write(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Overwrite slots from ``start`` with ``keys``/``values`` ``(B, H, n, D)``; the layer then
         ends there (what a compression round leaves)."""

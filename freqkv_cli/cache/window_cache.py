@@ -24,6 +24,7 @@ from .hybrid import HybridRounds
 from .layers import GrowingLayer, WindowLayer
 from .policy import CachePolicy
 from .rotary import KeyRotation
+from .round_graphs import RoundGraphs
 from .rounds import Rounds, SpanRounds
 from .selectors import Selector, make_selector
 from .state import State, copy_of
@@ -49,6 +50,7 @@ class WindowedCache(Cache):
     ``lowpass_method``: ``"auto"``, ``"fft"`` or ``"matrix"`` (see :mod:`.dct`).
     ``selector``: the hybrid's way of choosing exact slots (default: the one the policy names).
     ``buffers``: where the windows' slots live, shared by the caches an engine makes in turn.
+    ``round_graphs``: replays FreqKV and sink rounds over those slots (CUDA).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class WindowedCache(Cache):
         lowpass_method: str = "auto",
         selector: Selector | None = None,
         buffers: SlotBuffers | None = None,
+        round_graphs: RoundGraphs | None = None,
     ) -> None:
         if policy.kind == "full":
             layers: list[WindowLayer] = [GrowingLayer() for _ in range(num_layers)]
@@ -74,6 +77,7 @@ class WindowedCache(Cache):
             self.rounds = HybridRounds(self.rotation, lowpass_method, selector=self.selector)
         elif policy.kind != "full":
             self.rounds = SpanRounds(self.rotation, lowpass_method, kind=policy.kind)
+        self.round_graphs = round_graphs
         self.pinned = 0
         self.tokens_seen = 0
         self.compressions = 0
@@ -174,7 +178,9 @@ class WindowedCache(Cache):
         if device.type == "cuda":  # time this round only, not the forward still queued before it
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        self.rounds.compress(self.layers, self.policy, self.head, self.tokens_seen)
+        replayed = isinstance(self.rounds, SpanRounds) and self.round_graphs is not None
+        if not (replayed and self.round_graphs.compress(self.rounds, self.layers, self.policy, self.head)):
+            self.rounds.compress(self.layers, self.policy, self.head, self.tokens_seen)
         self.compressions += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -9,7 +9,13 @@ from transformers import PreTrainedModel
 
 
 class QueryCapture:
-    """Records every layer's query states (pre-RoPE, after any per-head norm) while active."""
+    """Records every layer's query states (pre-RoPE, after any per-head norm) while active.
+
+    :attr:`watching` counts the captures active now: a replayed CUDA graph runs no hooks, so
+    replays wait while one is.
+    """
+
+    watching = 0
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.layers = model.model.layers
@@ -19,6 +25,7 @@ class QueryCapture:
     def __enter__(self) -> QueryCapture:
         for index, layer in enumerate(self.layers):
             self.handles.append(layer.self_attn.q_proj.register_forward_hook(self.hook(index)))
+        QueryCapture.watching += 1
         return self
 
     def hook(self, index: int) -> Callable:
@@ -36,6 +43,7 @@ class QueryCapture:
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
             handle.remove()
+        QueryCapture.watching -= 1
 
     def queries(self) -> list[torch.Tensor]:
         return [torch.cat(pieces, dim=-2) for pieces in self.pieces]

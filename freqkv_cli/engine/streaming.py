@@ -1,14 +1,12 @@
 """The streaming engine: feed any number of tokens through a fixed window, then decode.
 
-Prefill follows the FreqKV schedule: tokens are appended until the window is full, the
-cache is compressed, and the next ``F - L`` tokens go in; each forward call sees the
-whole current cache with causal attention inside the chunk. ``max_chunk`` only splits a
-forward call where no compression happens in between, so it changes memory, not results.
+Prefill follows the FreqKV schedule: tokens are appended until the window is full, the cache is
+compressed, and the next ``F - L`` tokens go in; each forward call sees the whole cache, causal
+inside the chunk. ``max_chunk`` splits calls only between compressions: memory, not results.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,17 +14,16 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from ..cache.buffers import SlotBuffers
 from ..cache.policy import CachePolicy
 from ..cache.selectors import Selector
 from ..cache.state import State, copy_of
 from ..cache.window_cache import CacheStats, WindowedCache
 from ..errors import Interrupted
 from .attention_kernels import attention_kernels
-from .graph_decode import GraphDecoder
-from .graph_prefill import ChunkGraphs
 from .passages import QUOTE_LEFT, QUOTE_RIGHT, ExactPassages
+from .pieces import as_pieces
 from .query_capture import QueryCapture
+from .replays import Replays
 from .sampling import Sampler
 
 ProgressCallback = Callable[[int], None]  # called with the number of tokens just consumed
@@ -47,10 +44,7 @@ class StreamingEngine:
     slots fitted to a pinned question).
     ``tokenizer``: used only to decode generated text (stop strings, streaming callbacks).
     ``head_weights``: which query heads score tokens for the hybrid's exact slots (None: all).
-    ``decode_graphs``: decode over the window's slots as a replayed CUDA graph
-    (:mod:`.graph_decode`); None: where the model sits on one CUDA device. True elsewhere runs
-    the same static-shape step eagerly. ``compile_decode``: fuse that step with torch.compile
-    before capture (None: the ``FREQKV_COMPILE`` environment variable, ``1`` for yes).
+    ``decode_graphs``, ``compile_decode``: what is replayed as CUDA graphs (:mod:`.replays`).
     """
 
     def __init__(
@@ -72,13 +66,7 @@ class StreamingEngine:
         self.max_chunk = max_chunk
         self.lowpass_method = lowpass_method
         self.head_weights = head_weights
-        self.buffers = SlotBuffers()  # every cache this engine makes writes these slots
-        graphs = GraphDecoder.suits(model) if decode_graphs is None else decode_graphs
-        if compile_decode is None:
-            compile_decode = os.environ.get("FREQKV_COMPILE", "0") == "1"
-        self.decoder = GraphDecoder(model, self.buffers, compile=compile_decode) if graphs else None
-        self.chunk_graphs = ChunkGraphs(model, self.buffers) if graphs else None
-        self._hooked = False  # forward hooks are watching (a question's queries): no replays
+        self.replays = Replays.for_model(model, decode_graphs, compile_decode)
         self.reset()
 
     @property
@@ -107,7 +95,8 @@ class StreamingEngine:
             self.model.config.num_hidden_layers,
             self.model.model.rotary_emb,
             lowpass_method=self.lowpass_method,
-            buffers=self.buffers,
+            buffers=self.replays.buffers,
+            round_graphs=self.replays.rounds,
         )
         self._last_hidden: torch.Tensor | None = None
         self._pending: list[int] = []
@@ -124,11 +113,7 @@ class StreamingEngine:
         before = self.state()
         try:
             with QueryCapture(self.model) as captured:
-                self._hooked = True
-                try:
-                    self._feed(ids, False, None)
-                finally:
-                    self._hooked = False
+                self._feed(ids, False, None)
             return [q[:, :, -QUESTION_QUERIES:] for q in captured.queries()]
         finally:
             self.load_state(before)
@@ -161,8 +146,8 @@ class StreamingEngine:
     def _forward(self, ids: Sequence[int]) -> torch.Tensor:
         """One forward call that appends ``ids`` to the cache; returns hidden states (1, T, D)."""
         start = self.cache.length
-        if self.chunk_graphs is not None and not self._hooked:
-            hidden = self.chunk_graphs.forward(self.cache, ids)
+        if self.replays.chunks is not None and not QueryCapture.watching:
+            hidden = self.replays.chunks.forward(self.cache, ids)
             if hidden is not None:
                 if self.passages is not None:
                     self.passages.read(ids)
@@ -237,11 +222,7 @@ class StreamingEngine:
             raise ValueError("pin=True only for a prefix: everything fed before must be pinned too")
         capture = question and self.selector is not None
         with QueryCapture(self.model) if capture else nullcontext() as captured:
-            self._hooked = capture
-            try:
-                self._feed(token_ids, pin, on_progress)
-            finally:
-                self._hooked = False
+            self._feed(token_ids, pin, on_progress)
         if captured is not None:
             # Only the question's own tokens: the instruction's and the "Document:" cue's queries
             # point at line starts and headings (measured: the pass-key sentence ranked 2nd-6th
@@ -260,7 +241,7 @@ class StreamingEngine:
     ) -> None:
         buffer: list[int] = self._pending
         self._pending = []
-        for piece in _as_pieces(token_ids):
+        for piece in as_pieces(token_ids):
             buffer.extend(piece)
             if pin:
                 continue
@@ -338,7 +319,6 @@ class StreamingEngine:
         self._last_hidden = previous
         return torch.cat(nll) if nll else torch.empty(0)
 
-    # -- decode --------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(
         self,
@@ -396,14 +376,14 @@ class StreamingEngine:
 
     def _advance(self, token: int) -> torch.Tensor:
         """Read one generated token into the cache; returns the next token's ``(vocab,)`` logits."""
-        if self.decoder is None or not self.decoder.accepts(self.cache):
+        if self.replays.decoder is None or not self.replays.decoder.accepts(self.cache):
             for _chunk, hidden in self._feed_hidden([token]):
                 self._last_hidden = hidden[:, -1]
             return self.logits(self._last_hidden)[0]
         if self.cache.room() == 0:
             self._compress()
         start, previous = self.cache.length, self._last_hidden
-        hidden, logits = self.decoder.step(self.cache, token)
+        hidden, logits = self.replays.decoder.step(self.cache, token)
         if self.passages is not None:
             self.passages.read([token])
         if self.selector is not None:
@@ -418,24 +398,3 @@ class StreamingEngine:
 
 
 QUESTION_QUERIES = 64  # last question tokens whose queries score tokens for the exact slots
-
-
-def _as_pieces(token_ids: Iterable[int] | Iterable[Sequence[int]]) -> Iterable[Sequence[int]]:
-    """Accept a flat id sequence/tensor or an iterable of id lists."""
-    if isinstance(token_ids, torch.Tensor):
-        yield token_ids.reshape(-1).tolist()
-        return
-    flat: list[int] = []
-    for item in token_ids:
-        if isinstance(item, int):
-            flat.append(item)
-            if len(flat) >= 4096:
-                yield flat
-                flat = []
-        else:
-            if flat:
-                yield flat
-                flat = []
-            yield list(item)
-    if flat:
-        yield flat
