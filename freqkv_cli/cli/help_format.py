@@ -107,7 +107,7 @@ def _override_methods(command: Any) -> None:
             if param.param_type_name != "argument":
                 continue
             name = param.metavar or param.name.upper()
-            if param.nargs != 1 and not name.endswith("..."):
+            if param.nargs != 1 and "..." not in name:
                 name += "..."
             pieces.append(name if param.required else f"[{name}]")
         if hasattr(self, "commands"):  # a group: its commands follow
