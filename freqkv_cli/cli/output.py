@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..documents import Document
+from ..models.device_map import gpu_memory
 from ..models.loading import LoadedModel
 from ..session.session import ReadProgress, Session
 from ..sizes import format_bytes, format_count
@@ -97,9 +98,8 @@ class Readout:
             f"KV {format_bytes(stats.kv_bytes)} held (full cache: {format_bytes(stats.full_kv_bytes)})",
             f"RSS {format_bytes(rss_bytes())}",
         ]
-        gpu = gpu_bytes(session.loaded.device)
-        if gpu is not None:
-            parts.append(f"GPU {format_bytes(gpu[0])} (peak {format_bytes(gpu[1])})")
+        for name, (now, peak) in gpu_memory(session.loaded.model).items():  # one per GPU of a device map
+            parts.append(f"{name} {format_bytes(now)} (peak {format_bytes(peak)})")
         return " · ".join(parts)
 
     @contextmanager

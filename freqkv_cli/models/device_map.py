@@ -137,6 +137,21 @@ def devices_of(model: torch.nn.Module) -> dict[str, int]:
     return found
 
 
+def gpu_memory(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """``{"GPU": (allocated, peak)}`` for a model on one GPU; ``GPU0``, ``GPU1``, ... for each GPU
+    a device map uses. Empty without CUDA."""
+    if not torch.cuda.is_available():
+        return {}
+    used = sorted({t.device.index or 0 for t in model.parameters() if t.device.type == "cuda"})
+    mapping = getattr(model, "hf_device_map", None) or {}
+    used = sorted(set(used) | {v for v in mapping.values() if isinstance(v, int)})
+    one = len(used) == 1
+    return {
+        ("GPU" if one else f"GPU{i}"): (torch.cuda.memory_allocated(i), torch.cuda.max_memory_allocated(i))
+        for i in used
+    }
+
+
 def first_device(model: torch.nn.Module) -> torch.device:
     """Where input ids go: the device of the embedding (accelerate moves the rest)."""
     embed = model.get_input_embeddings()
