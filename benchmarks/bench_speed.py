@@ -271,7 +271,7 @@ def streaming(model, shape: str, device: torch.device, args, base: dict) -> list
                 engine, row = read(model, policy, length, device)
                 if "decode" in args.sections:
                     row["decode_graph_ms"] = decode_ms(engine, args.decode, device)
-                    if length == args.lengths[0] and device.type == "cuda":
+                    if length == args.lengths[0] and device.type == "cuda" and args.compile_decode:
                         decoder = engine.replays.decoder
                         engine.replays.decoder = GraphDecoder(model, engine.replays.buffers, compile=True)
                         started = time.perf_counter()
@@ -279,7 +279,9 @@ def streaming(model, shape: str, device: torch.device, args, base: dict) -> list
                         row["compile_s"] = time.perf_counter() - started
                         row["decode_compiled_ms"] = decode_ms(engine, args.decode, device)
                         row["decode_compiled_fell_back"] = not engine.replays.decoder.compile
-                        engine.replays.decoder = None  # the same engine, eager from here
+                        engine.replays.decoder = decoder
+                    if length == args.lengths[0]:
+                        decoder, engine.replays.decoder = engine.replays.decoder, None  # eager from here
                         row["decode_eager_ms"] = decode_ms(engine, args.decode // 2, device)
                         engine.replays.decoder = decoder
                 if length == args.lengths[0]:
@@ -337,6 +339,22 @@ def profile(model, device: torch.device, args) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
 
 
+def decode_profile(model, device: torch.device, args) -> str:
+    """The kernels of eight static decode steps run eagerly (a replay runs the same kernels)."""
+    engine = StreamingEngine(model, CachePolicy(kind="freqkv", window=args.window, sink=4))
+    engine.feed(random_ids(2048, model.config.vocab_size, 10))
+    decoder = GraphDecoder(model, engine.replays.buffers, capture=False)
+    decoder.step(engine.cache, 1)
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for token in range(8):
+            decoder.step(engine.cache, token)
+        sync(device)
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -354,6 +372,7 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=64)
     parser.add_argument("--stock-context", type=int, default=4096)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--compile-decode", action="store_true", help="also time the compiled decode graph")
     args = parser.parse_args()
     args.dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     device = torch.device(args.device)
@@ -396,6 +415,11 @@ def main() -> None:
             section(f"streaming/{shape}", partial(streaming, model, shape, device, local, base))
         if shape != "smollm2-135m" and "stock" in args.sections:
             section(f"stock/{shape}", partial(stock, model, device, args.stock_context))
+        if "decode_profile" in args.sections and shape != "smollm2-135m" and device.type == "cuda":
+            text = decode_profile(model, device, local)
+            log(text)
+            OUT[f"decode_profile/{shape}"] = text
+            save()
         if "profile" in args.sections:
             text = profile(model, device, local)
             log(text)
