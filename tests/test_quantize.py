@@ -156,3 +156,27 @@ def test_info_reports_weights_quantization_and_map(folder: Path) -> None:
     assert data["quantization"] == "int4"
     assert data["weight_bytes"] > 0
     assert set(data["weight_bytes_by_device"]) == {"cpu"}
+
+
+@pytest.mark.slow
+def test_a_gguf_with_quantize_stays_small_and_is_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from freqkv_cli.models import loading
+    from freqkv_cli.models.default import default_gguf_path
+
+    gguf = str(default_gguf_path())
+    first = load_model(gguf, device="cpu", quantize="int4")
+    facts = weight_facts(first.model)
+    assert facts["quantization"] == "int4"
+    assert facts["weight_bytes"] < 200e6  # 538 MB as float32; the tied embedding stays float32
+
+    calls: list[dict] = []
+    real = loading.AutoModelForCausalLM.from_pretrained
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", recorded)
+    again = load_model(gguf, device="cpu", quantize="int4")
+    assert calls and not any("gguf_file" in kw for kw in calls)  # read from the kept copy alone
+    assert weight_facts(again.model)["weight_bytes"] == facts["weight_bytes"]

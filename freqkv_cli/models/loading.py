@@ -177,17 +177,17 @@ def _load_folder(
 def _load_gguf(path: Path, target: torch.device, common: dict, plan: LoadPlan | None = None) -> LoadedModel:
     check_gguf(path)  # a file cut short, or only the magic bytes: one clear line, at once
     folder, file = path.parent, path.name
+    kept = plan.kept_folder(path) if plan is not None and not plan.plain else None
+    if kept is not None:  # a quantized copy kept: the GGUF is not read at all, its tokenizer neither
+        config = AutoConfig.from_pretrained(kept)
+        model = plan.load_from(kept, lambda copy, kw: _from_pretrained(copy, {**common, **kw}))
+        tokenizer = AutoTokenizer.from_pretrained(kept)
+        family = check_family(config, str(path))
+        return LoadedModel(_finish(model, target, plan), tokenizer, str(path), family, read_settings(folder))
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=file)
         family = check_family(config, str(path))
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-        kept = None
-        if plan is not None and not plan.plain:  # a quantized copy kept: the GGUF is not read at all
-            kept = plan.load_kept(path, lambda folder, kw: _from_pretrained(folder, {**common, **kw}))
-        if kept is not None:
-            return LoadedModel(
-                _finish(kept, target, plan), tokenizer, str(path), family, read_settings(folder)
-            )
         # De-quantized on the CPU (transformers reads GGUF whole), then placed/quantized per tensor.
         on_cpu = common if plan is None or plan.plain else {**common, "device_map": {"": "cpu"}}
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, **on_cpu)

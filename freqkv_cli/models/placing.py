@@ -87,12 +87,19 @@ class LoadPlan:
         self, source: Path, load: Callable[[Path, dict], torch.nn.Module]
     ) -> torch.nn.Module | None:
         """The model from its pre-quantized copy, if one is kept and intact; else None."""
-        kept = self.prequantized(source)
-        if kept is None or not usable_prequantized(kept):
-            return None
+        kept = self.kept_folder(source)
+        return None if kept is None else self.load_from(kept, load)
+
+    def load_from(self, kept: Path, load: Callable[[Path, dict], torch.nn.Module]) -> torch.nn.Module:
+        """The model from the checked copy ``kept``."""
         kwargs = self.kwargs()
         kwargs.pop("quantization_config", None)  # the copy's config.json says how it is quantized
         return load(kept, kwargs)
+
+    def kept_folder(self, source: Path) -> Path | None:
+        """The intact pre-quantized copy of ``source``, if one is kept."""
+        kept = self.prequantized(source)
+        return kept if kept is not None and usable_prequantized(kept) else None
 
     def keep(self, source: Path, model: torch.nn.Module, tokenizer: object) -> None:
         """Keep the quantized ``model`` of ``source`` for the next load."""
