@@ -127,3 +127,10 @@ def test_cli_refuses_a_bad_map_in_one_line(folder: Path, tmp_path: Path) -> None
     result = cli("info", "--model", str(folder), "--device", "cpu", "--device-map", bad)
     assert result.returncode == EXIT_USAGE
     assert "tpu" in one_line_error(result.stderr.decode())
+
+
+def test_info_shows_weights_by_device(folder: Path, tmp_path: Path) -> None:
+    result = cli("info", "--model", str(folder), "--device", "cpu", "--device-map", pieces_map(tmp_path))
+    assert result.returncode == 0, result.stderr.decode()
+    weights = next(line for line in result.stdout.decode().splitlines() if line.startswith("weights"))
+    assert "not quantized" in weights and "cpu" in weights and "disk" in weights
