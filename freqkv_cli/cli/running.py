@@ -208,10 +208,6 @@ def run_document_task(
         result = answer(session, answering, stop, stream=not output.as_json)
     seconds = time.perf_counter() - started
     cut = result.stop_reason == "max_new_tokens"
-    if cut:  # said in both modes: a cut answer reads like a finished one
-        readout.warn(
-            f"the answer was cut at --max-new-tokens {answering.max_new_tokens}; raise it for a longer one"
-        )
     log_exchange(task, session, question, result, tokens_in, seconds, answering, output.no_log)
     if output.as_json:
         data = result_json(
@@ -224,7 +220,12 @@ def run_document_task(
             extra={**extra, "stop_reason": result.stop_reason, "answer_truncated": cut},
         )
         write_json(data)
-    else:
+        sys.stdout.flush()  # an output that cannot be written is said before any note on the answer
+    if cut:  # said in both modes: a cut answer reads like a finished one
+        readout.warn(
+            f"the answer was cut at --max-new-tokens {answering.max_new_tokens}; raise it for a longer one"
+        )
+    if not output.as_json:
         read_line = (
             f"memory loaded in {extra['load_seconds']:.2f} s"
             if memory
