@@ -19,15 +19,3 @@ def attention_kernels(device: torch.device, query_length: int) -> AbstractContex
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-def decode_attention(device: torch.device) -> AbstractContextManager:
-    """The static decode step's attention (one query over all ``N`` slots, with a mask): the
-    plain matmul-softmax-matmul on CUDA. Measured on an H200 (8B shape, 4,096 slots): the
-    memory-efficient kernel, the one a mask leaves, took 171 us a layer, 5.5 of 12.6 ms a token.
-    """
-    if device.type != "cuda":
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])

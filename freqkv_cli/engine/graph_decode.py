@@ -22,7 +22,7 @@ from transformers.cache_utils import Cache
 
 from ..cache.buffers import SlotBuffers
 from ..cache.window_cache import WindowedCache
-from .attention_kernels import decode_attention
+from .attention_kernels import attention_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class GraphDecoder:
             if self.compiled is None:
                 self.compiled = torch.compile(self._forward, dynamic=False)
             forward = self.compiled  # type: ignore[assignment]
-        with decode_attention(inputs.token.device):
+        with attention_kernels(inputs.token.device, 1):
             hidden, logits = forward(
                 inputs.token, inputs.position, inputs.slots, SlotWriter(pairs, inputs.position[0])
             )
