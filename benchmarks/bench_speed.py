@@ -214,7 +214,7 @@ def check(device: torch.device, args) -> dict:
             results[f"{family}/{kind}"] = row
             log(f"check {family}/{kind}: {row}")
         del model, reference
-    if not args.tiny:
+    if not args.tiny and not args.no_big_check:
         model = build(LLAMA3_8B, device, args.dtype)
         for kind in ("freqkv", "hybrid"):
             policy = CachePolicy(kind=kind, window=4096, sink=4, recent=0 if kind == "freqkv" else 128)
@@ -372,6 +372,7 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=64)
     parser.add_argument("--stock-context", type=int, default=4096)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--no-big-check", action="store_true", help="check the four small families only")
     parser.add_argument("--compile-decode", action="store_true", help="also time the compiled decode graph")
     args = parser.parse_args()
     args.dtype = torch.bfloat16 if args.device == "cuda" else torch.float32

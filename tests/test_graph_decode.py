@@ -40,7 +40,9 @@ def teacher_forced(engine: StreamingEngine, ids: list[int], forced: list[int]) -
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.kind)
 def test_static_step_equals_plain_decode_across_rounds(family: str, policy: CachePolicy) -> None:
-    model = tiny_model(family)
+    # float64: the two paths sum in different orders, and a hybrid's near-tie between two
+    # candidate spans can flip on a float32 rounding (seen: qwen3, step 30), changing the cache.
+    model = tiny_model(family).double()
     ids, forced = prompt(1), prompt(2, 50)  # 50 decoded tokens: several rounds during decode
     plain = StreamingEngine(model, policy, decode_graphs=False)
     static = StreamingEngine(model, policy, decode_graphs=True)

@@ -22,6 +22,7 @@ from transformers.cache_utils import Cache
 
 from ..cache.buffers import SlotBuffers
 from ..cache.window_cache import WindowedCache
+from . import slot_attention
 from .attention_kernels import attention_kernels
 
 logger = logging.getLogger(__name__)
@@ -135,13 +136,18 @@ class GraphDecoder:
 
     def _forward(self, token: torch.Tensor, position: torch.Tensor, slots: torch.Tensor, writer: SlotWriter):
         mask = (slots <= position).view(1, 1, 1, -1)  # (1, 1, 1, N) True = attend
-        out = self.model.model(
-            input_ids=token,
-            position_ids=position,
-            attention_mask=mask,
-            past_key_values=writer,
-            use_cache=True,
-        )
+        config = self.model.config
+        previous, config._attn_implementation = config._attn_implementation, slot_attention.NAME
+        try:  # the layers look their attention up by this name on every call
+            out = self.model.model(
+                input_ids=token,
+                position_ids=position,
+                attention_mask=mask,
+                past_key_values=writer,
+                use_cache=True,
+            )
+        finally:
+            config._attn_implementation = previous
         hidden = out.last_hidden_state
         return hidden, self.model.lm_head(hidden[:, -1]).float()
 
