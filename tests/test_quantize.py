@@ -180,3 +180,22 @@ def test_a_gguf_with_quantize_stays_small_and_is_not_read_again(monkeypatch: pyt
     again = load_model(gguf, device="cpu", quantize="int4")
     assert calls and not any("gguf_file" in kw for kw in calls)  # read from the kept copy alone
     assert weight_facts(again.model)["weight_bytes"] == facts["weight_bytes"]
+
+
+def test_a_memory_read_by_a_quantized_model_is_its_own(folder: Path, tmp_path: Path) -> None:
+    from freqkv_cli.cache.policy import CacheSettings
+    from freqkv_cli.documents import open_document
+    from freqkv_cli.errors import FreqKVError
+    from freqkv_cli.memory.saved import load_session, save_session
+    from freqkv_cli.session.session import Session
+
+    text = tmp_path / "doc.txt"
+    text.write_text("The pass key is 71423. Remember it. " * 40)
+    int4 = load_model(str(folder), device="cpu", quantize="int4")
+    session = Session(int4, int4.cache_policy(CacheSettings(kind="hybrid", window=128)))
+    session.read_document(open_document(str(text)), task="read", finish=False, on_progress=lambda p: None)
+    save_session(session, str(tmp_path / "m.fkv"))
+    later = load_session(load_model(str(folder), device="cpu", quantize="int4"), str(tmp_path / "m.fkv"))
+    assert later.session.stats().tokens_seen == session.stats().tokens_seen
+    with pytest.raises(FreqKVError, match="model"):
+        load_session(load_model(str(folder), device="cpu"), str(tmp_path / "m.fkv"))

@@ -60,9 +60,23 @@ def read_settings(folder: Path) -> TunedSettings | None:
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the input embedding and first layer's weights: tells one base model from another."""
+    """A short hash of the input embedding and first layer's weights: tells one base model from another.
+
+    A quantized model hashes its unquantized tensors and the quantization's name: bitsandbytes
+    lays packed weights out again for its CPU kernels on their first use, so they are no
+    fingerprint; int8, int4 and the plain weights still differ (docs/DESIGN.md: saved memories).
+    """
+    from .quantize import quantization_of
+
+    kind = quantization_of(model)
     hasher = hashlib.sha256()
+    if kind is not None:
+        hasher.update(kind.encode())
     for name, tensor in model.state_dict().items():
+        if kind is not None and (not tensor.is_floating_point() or "quant" in name or "absmax" in name):
+            continue
+        if kind is not None and name.endswith(("SCB", "weight_format")):
+            continue
         if "embed_tokens" in name or ".layers.0." in name:
             sample = tensor.detach().reshape(-1)[:65536].to(torch.float32).cpu()
             hasher.update(name.encode())
