@@ -199,3 +199,14 @@ def test_a_memory_read_by_a_quantized_model_is_its_own(folder: Path, tmp_path: P
     assert later.session.stats().tokens_seen == session.stats().tokens_seen
     with pytest.raises(FreqKVError, match="model"):
         load_session(load_model(str(folder), device="cpu"), str(tmp_path / "m.fkv"))
+
+
+def test_the_weight_estimate_before_loading_matches_the_loaded_weights(folder: Path) -> None:
+    from freqkv_cli.models.placing import estimated_weight_bytes
+    from freqkv_cli.models.quantize import Quantization
+
+    plain = weight_facts(load_model(str(folder), device="cpu").model)["weight_bytes"]
+    int4 = weight_facts(load_model(str(folder), device="cpu", quantize="int4").model)["weight_bytes"]
+    # Only the norms and rotary buffers are left out of the estimate (0.1% here).
+    assert estimated_weight_bytes(folder, 4, None) == pytest.approx(plain, rel=0.002)
+    assert estimated_weight_bytes(folder, 4, Quantization("int4")) == pytest.approx(int4, rel=0.1)

@@ -100,6 +100,7 @@ def _load_spec(
 
         return _with_heads(load_adapter(path, base, target, common, plan), path)
     if (path / "config.json").is_file():
+        plan.check_fits(path, str(path))
         return _with_heads(_load_folder(path, str(path), target, common, plan), path)
     raise ModelError(
         f"'{spec}' is not a model folder: expected config.json (Hugging Face) "

@@ -132,6 +132,19 @@ class LoadPlan:
                 raise
             raise OutOfMemoryError(self.what_would_fit(name)) from None
 
+    def check_fits(self, folder: Path, name: str) -> None:
+        """Before reading any weight: refuse a model whose weights alone exceed the GPU's free
+        memory, saying what would fit (one device only: a device map fits itself to its caps)."""
+        if self.target.type != "cuda" or self.placement is not None:
+            return
+        needed = estimated_weight_bytes(folder, self.dtype.itemsize, self.quantization)
+        free = torch.cuda.mem_get_info(self.target)[0]
+        if needed is not None and needed > free:
+            raise OutOfMemoryError(
+                f"{self.what_would_fit(name)} (its weights need about {needed / 2**30:.1f} GiB, "
+                f"{free / 2**30:.1f} GiB are free on {self.target})"
+            )
+
     def what_would_fit(self, name: str) -> str:
         where = "the GPU" if self.target.type == "cuda" else "memory"
         hints = []
@@ -160,3 +173,27 @@ def _offload_folder() -> Path:
         _OFFLOAD.append(Path(tempfile.mkdtemp(prefix="run-", dir=root)))
         atexit.register(shutil.rmtree, _OFFLOAD[0], True)
     return _OFFLOAD[0]
+
+
+def estimated_weight_bytes(folder: Path, element: int, quantization: Quantization | None) -> int | None:
+    """Weight bytes of a Llama-style checkpoint from its config.json (None if it cannot be told):
+    the linear layers at 1 or 0.5 bytes a weight (+3% for scales) when quantized, the rest as is."""
+    import json
+
+    try:
+        c = json.loads((folder / "config.json").read_text())
+        hidden, layers, inter = (
+            int(c["hidden_size"]),
+            int(c["num_hidden_layers"]),
+            int(c["intermediate_size"]),
+        )
+        heads = int(c["num_attention_heads"])
+        kv = int(c.get("num_key_value_heads") or heads)
+        head_dim = int(c.get("head_dim") or hidden // heads)
+        vocab = int(c["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    linear = layers * (2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim + 3 * hidden * inter)
+    embeddings = vocab * hidden * (1 if c.get("tie_word_embeddings") else 2)
+    per_weight = element if quantization is None else quantization.bits / 8 * 1.03
+    return int(linear * per_weight + embeddings * element)

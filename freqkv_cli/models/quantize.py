@@ -24,7 +24,7 @@ import torch
 from ..errors import ModelError, UsageError
 
 QUANTIZE_CHOICES = ("int8", "int4")
-INT8_THRESHOLD = 2.0
+INT8_THRESHOLD = 1.0
 RECIPE = f"nf4-b64,int8-t{INT8_THRESHOLD}"  # names kept copies: a changed recipe quantizes again
 log = logging.getLogger("freqkv_cli")
 
@@ -56,8 +56,9 @@ class Quantization:
 
         require_bitsandbytes()
         if self.kind == "int8":
-            # Outlier features above 2.0 (not bitsandbytes' 6.0) stay 16-bit: on the embedded model
-            # perplexity +0.95% against +1.29% at 4.0 (botchan, 2k tokens; docs/BENCHMARKS.md §8).
+            # Outlier features above 1.0 (not bitsandbytes' 6.0) stay 16-bit: on the embedded model
+            # perplexity +0.94% (Paradise Lost, 4k, full cache) against +1.75% at 6.0, +1.10% at 2.0
+            # and +0.69% at 0.5 (docs/BENCHMARKS.md section 8). Weights stay int8 at any threshold.
             return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=INT8_THRESHOLD)
         return BitsAndBytesConfig(
             load_in_4bit=True,
