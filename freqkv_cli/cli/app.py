@@ -37,6 +37,7 @@ from .commands.chat import chat
 from .commands.count import count
 from .commands.eval_needle import needle
 from .commands.eval_ppl import ppl
+from .commands.eval_ruler import ruler
 from .commands.finetune import finetune
 from .commands.info import info
 from .commands.logs import logs_app
@@ -132,7 +133,7 @@ def _check_cache_flags(spec: str, values: dict[str, Any]) -> None:
 
 for command in (summarize, qa, read, chat, count, info, spectrum, finetune, calibrate):
     app.command(epilog=EPILOG)(checked_early(command))
-for command in (ppl, needle):
+for command in (ppl, needle, ruler):
     eval_app.command(epilog=EPILOG)(checked_early(command))
 app.add_typer(eval_app, name="eval")
 app.add_typer(logs_app, name="logs")
