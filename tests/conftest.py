@@ -82,3 +82,13 @@ def doc(tmp_path: Path) -> Path:
     path = tmp_path / "doc.txt"
     path.write_text(DOC_TEXT)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_user_logs_or_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests (and the commands they start) neither log into the user's conversation log nor read
+    the user's config file; the tests of those features set their own."""
+    monkeypatch.setenv("FREQKV_NO_LOG", "1")
+    empty = tmp_path / "empty-config.toml"
+    empty.write_text("")
+    monkeypatch.setenv("FREQKV_CONFIG", str(empty))

@@ -129,7 +129,7 @@ def test_chat_commands_in_a_terminal(tiny: str, doc: Path, tmp_path: Path) -> No
             "never read",
         ]
     )
-    env = {"FREQKV_HOME": str(tmp_path / "home")}
+    env = {"FREQKV_HOME": str(tmp_path / "home"), "FREQKV_NO_LOG": ""}  # this one is logged
     code, shown = _in_a_terminal(["chat", str(doc), "-m", tiny, "--window", "256"], typed + "\n", env)
     assert code == 0, shown
     shown = " ".join(shown.split())  # stderr lines wrap at the terminal's width
