@@ -171,18 +171,12 @@ def read_for_task(
     and the passages recalled for the question are quoted before it."""
     from .documents import open_document
     from .memory.file_format import is_memory_file
-    from .memory.recall import DEFAULT_RECALL, recall
+    from .memory.recall import DEFAULT_RECALL, answer_from_memory
     from .memory.saved import load_session
-    from .session.prompts import SUMMARIZE_REMINDER
 
-    if is_memory_file(path):
+    if is_memory_file(path):  # the same path as the commands take
         session = load_session(model.loaded, path, ctx=model.ctx).session
-        if session.open_task is None:  # a conversation saved between turns: a new turn
-            session.add_user_turn(question if question is not None else SUMMARIZE_REMINDER)
-        else:
-            method = recall_method or DEFAULT_RECALL
-            passages = recall(session, question, reread, method) if question is not None else None
-            session.finish_document(task, question, passages=passages)
+        answer_from_memory(session, task, question, reread, recall_method or DEFAULT_RECALL)
         return session
     document = open_document(path, password=password, pages=pages)
     session = model.session(system)

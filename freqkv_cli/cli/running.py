@@ -14,10 +14,9 @@ from pathlib import Path
 from ..documents import Document, join_documents
 from ..errors import Interrupted, UsageError
 from ..memory.file_format import is_memory_file
-from ..memory.recall import recall
+from ..memory.recall import answer_from_memory
 from ..memory.saved import load_session, save_session
 from ..models.loading import LoadedModel
-from ..session.prompts import SUMMARIZE_INSTRUCTION
 from ..session.session import ReadReport, Session
 from ..sizes import format_bytes, format_count
 from .conversation_log import log_exchange
@@ -130,8 +129,6 @@ def answer(session: Session, choice: AnswerChoice, stop: StopFlag, *, stream: bo
     return Answer(result.text, len(result.token_ids), result.stop_reason)
 
 
-SUMMARIZE_TURN = SUMMARIZE_INSTRUCTION.replace("the following document", "the document above")
-
 # What summarize and qa take (the groups ``run_document_task`` is given).
 DOCUMENT_TASK = {"model": MODEL, "cache": CACHE, "answering": ANSWER, "source": INPUT}
 DOCUMENT_TASK["output"] = LOGGED_OUTPUT  # with --no-log: their exchanges are logged
@@ -203,7 +200,7 @@ def run_document_task(
             }
             pages = document.page_count
         if memory or save is not None:
-            ask_after_reading(session, task, question, cache)
+            answer_from_memory(session, task, question, cache.reread, cache.recall)
         tokens_in = session.tokens_held
         result = answer(session, answering, stop, stream=not output.as_json)
     seconds = time.perf_counter() - started
@@ -249,16 +246,6 @@ def open_documents(paths: list[str], source: InputChoice) -> Document:
     if len(paths) > 1 and source.pages is not None:
         raise UsageError("--pages selects the pages of one PDF; with several documents, drop it")
     return join_documents([source.open(path) for path in paths])
-
-
-def ask_after_reading(session: Session, task: str, question: str | None, cache: CacheChoice) -> None:
-    """Close the document turn a memory left open with ``task``'s words: for qa, the passages
-    recalled for the question (``--reread`` of them, found by ``--recall``) quoted before it."""
-    if session.open_task is None:  # a conversation saved between turns: the question is a new turn
-        session.add_user_turn(question if question is not None else SUMMARIZE_TURN)
-        return
-    passages = recall(session, question, cache.reread, cache.recall) if question is not None else None
-    session.finish_document(task, question, passages=passages)
 
 
 def refuse_cache_flags(cache: CacheChoice, path: str) -> None:

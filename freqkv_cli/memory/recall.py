@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cache.selectors import AttentionSelector, Candidates
+from ..session.prompts import SUMMARIZE_TURN
 from ..session.session import Session
 from .passages import Passage, rank_passages
 from .token_index import TokenIndex
@@ -98,3 +99,17 @@ def _within(ids: list[int], other: list[int]) -> bool:
     """Whether ``ids`` is a run of ``other`` (the same passage, or a part of it)."""
     n = len(ids)
     return any(other[i : i + n] == ids for i in range(len(other) - n + 1))
+
+
+def answer_from_memory(
+    session: Session, task: str, question: str | None, reread: int, method: str = DEFAULT_RECALL
+) -> None:
+    """Get a session loaded from a memory ready to answer ``task`` (``summarize`` or ``qa``): the
+    document turn a reading left open is closed with the task's words, for qa with ``reread``
+    passages recalled for the question (by ``method``) quoted before it; a conversation saved
+    between turns takes the question (or the summary request) as a new turn."""
+    if session.open_task is None:
+        session.add_user_turn(question if question is not None else SUMMARIZE_TURN)
+        return
+    passages = recall(session, question, reread, method) if question is not None else None
+    session.finish_document(task, question, passages=passages)

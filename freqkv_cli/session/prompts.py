@@ -12,6 +12,8 @@ _MARKER = "\u0000FREQKV-SPLIT\u0000"
 
 SUMMARIZE_INSTRUCTION = "Summarize the following document. Cover its main points in a few paragraphs."
 SUMMARIZE_REMINDER = "Write the summary of the document above now."
+# The summary asked as a new turn, of a document read in an earlier one (a saved conversation).
+SUMMARIZE_TURN = SUMMARIZE_INSTRUCTION.replace("the following document", "the document above")
 QA_INSTRUCTION = "Answer the question about the document below, using only the document."
 PASSAGES_HEADING = "Passages of the document that match the question:"
 
