@@ -45,7 +45,7 @@ class CommonWords:
 
     def generate(self, length: int, seed: int, count: Counter, text: str = "") -> Sample:
         """The sample for ``(length, seed)`` fitted to ``length - max_new_tokens`` tokens; the
-        list cannot outgrow the word list (about 8,000 words: some 100k tokens). Where the
+        list cannot outgrow the word list (8,039 words: some 100k tokens). Where the
         common words' ``freq_common`` repeats alone pass the length (300 entries: about 2.5k
         tokens for SmolLM2's tokenizer), they come 20, 15 or 10 times instead, the first that
         fits: still several times as often as the others."""
