@@ -56,18 +56,22 @@ def test_a_quantized_model_reads_through_the_engine_as_its_own_forward(folder: P
     torch.testing.assert_close(streamed, forward, rtol=0, atol=3e-2)
 
 
-@pytest.mark.parametrize(("bits", "bound"), [("int8", 0.01), ("int4", 0.1)])
-@pytest.mark.parametrize("kind", ["freqkv", "hybrid"])
+@pytest.mark.parametrize(
+    ("bits", "kind", "bound"),
+    [("int8", "freqkv", 0.01), ("int8", "hybrid", 0.03), ("int4", "freqkv", 0.1), ("int4", "hybrid", 0.1)],
+)
 def test_quantized_nll_is_close_to_the_unquantized_across_rounds(
     folder: Path, bits: str, bound: float, kind: str
 ) -> None:
     plain, rounds = nll(load_model(str(folder), device="cpu"), kind)
     quantized, _ = nll(load_model(str(folder), device="cpu", quantize=bits), kind)
     assert rounds >= 4
-    # Mean |NLL change| per token against the mean NLL. Measured on this model: int8 0.002, int4
-    # 0.02-0.04 (NF4 has 16 levels a block: about 10% relative error per weight, where int8's
-    # per-row absmax gives under 1%). The bounds leave 2-5x room and catch a broken kernel (its
-    # NLL moves by whole nats) or a compression round that amplifies the weights' error.
+    # Mean |NLL change| per token against the mean NLL. Measured on this model: int8 0.0016 with
+    # freqkv, 0.011 with the hybrid (its exact spans are chosen by key norm here: a small change of
+    # the keys flips some choices, and a flipped span changes its tokens' NLL by more than the
+    # weights' rounding does); int4 0.02-0.04 (NF4 has 16 levels a block: about 10% relative
+    # error per weight, where int8's per-row absmax gives under 1%). The bounds leave 2.5-6x room
+    # and catch a broken kernel (its NLL moves by whole nats) or rounds that amplify the error.
     change = (quantized - plain).abs().mean() / plain.mean()
     assert float(change) < bound
 
