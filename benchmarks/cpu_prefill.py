@@ -1,7 +1,7 @@
 """One CPU streaming read, for comparing two checkouts: ``cd CHECKOUT && python
 /path/to/cpu_prefill.py`` imports that checkout's freqkv_cli (the current directory).
 
-A random SmolLM2-135M-shaped model (float32), 6,000 random token ids through a hybrid and a
+A random SmolLM2-135M-shaped model (float32), 6,000 random token ids (or argv[1]) through a hybrid and a
 FreqKV cache (window 1,024, recent 128), then 32 greedy tokens. Prints tokens/s; whole-process
 CPU seconds are what a paired timing of two checkouts compares.
 """
@@ -15,11 +15,11 @@ import time
 import torch
 
 sys.path.insert(0, os.getcwd())
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from freqkv_cli.cache.policy import CachePolicy  # noqa: E402
-from freqkv_cli.engine.sampling import Sampler  # noqa: E402
-from freqkv_cli.engine.streaming import StreamingEngine  # noqa: E402
+from freqkv_cli.cache.policy import CachePolicy
+from freqkv_cli.engine.sampling import Sampler
+from freqkv_cli.engine.streaming import StreamingEngine
 
 config = LlamaConfig(
     hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -28,7 +28,8 @@ config = LlamaConfig(
 )  # fmt: skip
 torch.manual_seed(0)
 model = LlamaForCausalLM(config).eval().requires_grad_(False)
-ids = torch.randint(0, config.vocab_size, (6000,), generator=torch.Generator().manual_seed(1)).tolist()
+TOKENS = int(sys.argv[1]) if len(sys.argv) > 1 else 6000
+ids = torch.randint(0, config.vocab_size, (TOKENS,), generator=torch.Generator().manual_seed(1)).tolist()
 for kind in ("hybrid", "freqkv"):
     engine = StreamingEngine(model, CachePolicy(kind=kind, window=1024, sink=4, recent=128))
     started = time.perf_counter()
