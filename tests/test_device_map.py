@@ -134,3 +134,29 @@ def test_info_shows_weights_by_device(folder: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr.decode()
     weights = next(line for line in result.stdout.decode().splitlines() if line.startswith("weights"))
     assert "not quantized" in weights and "cpu" in weights and "disk" in weights
+
+
+def test_a_restored_cache_puts_each_layer_on_the_device_it_is_given() -> None:
+    """A saved memory loaded into a spread model: every layer's entries go to its own layer's
+    device (here all CPU devices, told apart by identity of the list passed through)."""
+    from conftest import tiny_model
+
+    model = tiny_model("llama")
+    engine = StreamingEngine(model, CachePolicy(kind="freqkv", window=24, sink=4))
+    engine.feed(list(range(1, 60)))
+    saved = engine.state()
+    asked: list = []
+    restore = engine.cache.load_state
+
+    def spy(state, device, dtype, layer_devices=None):
+        asked.append(layer_devices)
+        return restore(state, device, dtype, layer_devices)
+
+    engine.cache.load_state = spy
+    engine.load_state(saved)
+    want = [layer.self_attn.k_proj.weight.device for layer in model.model.layers]
+    assert asked == [want]
+    for index in range(model.config.num_hidden_layers):
+        keys, _ = engine.cache.entries(index)
+        assert keys.device == want[index]
+        torch.testing.assert_close(keys, saved.tensors[f"cache.layer.{index}.keys"])

@@ -209,9 +209,17 @@ class WindowedCache(Cache):
         return state
 
     @torch.inference_mode()  # the slots may be shared buffers made under inference mode
-    def load_state(self, state: State, device: torch.device, dtype: torch.dtype) -> None:
-        """Hold what :meth:`state` gave, on ``device`` in ``dtype``. The cache must have been made
-        for the same policy kind and number of layers."""
+    def load_state(
+        self,
+        state: State,
+        device: torch.device,
+        dtype: torch.dtype,
+        layer_devices: list[torch.device] | None = None,
+    ) -> None:
+        """Hold what :meth:`state` gave, on ``device`` in ``dtype`` (layer ``i`` on
+        ``layer_devices[i]`` where given: a model spread over devices keeps each layer's cache on
+        that layer's device). The cache must have been made for the same policy kind and number
+        of layers."""
         facts = state.facts
         if facts["layers"] != len(self.layers) or facts["policy"]["kind"] != self.policy.kind:
             raise ValueError("the saved cache is for another model or policy")
@@ -221,7 +229,8 @@ class WindowedCache(Cache):
             keys = state.tensor(f"layer.{index}.keys")
             if keys is not None:
                 values = state.tensors[f"layer.{index}.values"]
-                layer.restore(keys.to(device, dtype), values.to(device, dtype))
+                home = device if layer_devices is None else layer_devices[index]
+                layer.restore(keys.to(home, dtype), values.to(home, dtype))
         self.pinned, self.tokens_seen = int(facts["pinned"]), int(facts["tokens_seen"])
         self.compressions = int(facts["compressions"])
         if self.rounds is not None:

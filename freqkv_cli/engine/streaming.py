@@ -120,8 +120,7 @@ class StreamingEngine:
 
     # -- saving and restoring ---------------------------------------------------------------
     def state(self) -> State:
-        """All this engine holds: the cache, the last hidden state (the next token's logits come
-        from it), tokens not yet read, and the hybrid's passages (see :mod:`..cache.state`)."""
+        """All this engine holds: cache, last hidden state, unread tokens, hybrid passages."""
         state = State(facts={"pending": list(self._pending)})
         if self._last_hidden is not None:
             state.tensors["last_hidden"] = copy_of(self._last_hidden)
@@ -133,7 +132,8 @@ class StreamingEngine:
     def load_state(self, state: State) -> None:
         """Go on exactly where :meth:`state` was taken (same model and policy kind)."""
         dtype = self.model.dtype
-        self.cache.load_state(state.get("cache"), self.device, dtype)  # the same cache, emptied first
+        devices = [layer.self_attn.k_proj.weight.device for layer in self.model.model.layers]
+        self.cache.load_state(state.get("cache"), self.device, dtype, devices)  # emptied first
         hidden = state.tensor("last_hidden")
         self._last_hidden = None if hidden is None else hidden.to(self.device, dtype)
         self._pending = [int(token) for token in state.facts.get("pending", [])]
