@@ -85,10 +85,12 @@ def doc(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_user_logs_or_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _no_user_logs_or_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Tests (and the commands they start) neither log into the user's conversation log nor read
     the user's config file; the tests of those features set their own."""
     monkeypatch.setenv("FREQKV_NO_LOG", "1")
-    empty = tmp_path / "empty-config.toml"
+    empty = tmp_path_factory.mktemp("config") / "empty-config.toml"  # not in the test's tmp_path
     empty.write_text("")
     monkeypatch.setenv("FREQKV_CONFIG", str(empty))

@@ -32,6 +32,11 @@ NOT_HERE = {
     "freqkv finetune": "trains a model (GPU minutes); tests/test_training.py covers it on tiny models",
     "freqkv summarize book.pdf --model ./model.Q4_K_M.gguf": "de-quantizing a GGUF takes a minute",
     "freqkv summarize book.pdf --model ./freqkv-lora": "needs a trained adapter (tests/test_loading.py)",
+    "freqkv summarize book.pdf --model ./Llama-3-70B": "a 70B checkpoint on a GPU; --quantize runs on tiny "
+    "models in tests/test_quantize.py",
+    'freqkv qa book.pdf "..." --model ./Llama-3-8B --device-map': "a GPU and the CPU; "
+    "tests/test_device_map.py "
+    "spreads tiny models over CPU pieces",
 }
 
 
@@ -105,6 +110,7 @@ def test_every_shell_example_runs_as_written(tiny: str, tmp_path: Path) -> None:
         "NO_COLOR": "1",
     }
     env.pop("FREQKV_CONFIG", None)
+    env.pop("FREQKV_NO_LOG", None)  # as a user runs them: logged (`chat --continue` needs it)
     ran = []
     for command in filter(_runnable, shell_examples()):
         result = subprocess.run(
