@@ -61,12 +61,6 @@ class WindowLayer(CacheLayerMixin):
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
-    def grew(self, count: int) -> None:
-        """``count`` more slots were written in place, past the length (a replayed graph): hold them."""
-        if self.length + count > self.keys.shape[-2]:
-            raise RuntimeError(f"window overflow: {self.length + count} > {self.keys.shape[-2]}")
-        self.length += count
-
     def hold(self, length: int) -> None:
         """The first ``length`` slots hold the entries (a replayed round rewrote them in place)."""
         if not 0 <= length <= self.keys.shape[-2]:

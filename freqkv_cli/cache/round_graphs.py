@@ -18,6 +18,7 @@ from dataclasses import astuple, dataclass, field
 import torch
 
 from .buffers import SlotBuffers
+from .graph_capture import capture
 from .layers import WindowLayer
 from .policy import CachePolicy
 from .rounds import SpanRounds
@@ -70,13 +71,10 @@ class RoundGraphs:
         before = [layer.length for layer in layers]
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, pool=self.pool):
-                rounds.compress(layers, policy, head, 0)
+        try:  # no warm-up: the eager round before this one was it
+            graph = capture(lambda: rounds.compress(layers, policy, head, 0), warmups=0, pool=self.pool)
         except Exception as exc:  # something in the round syncs with the host: rounds run eagerly
             logger.debug("round capture failed, compressing eagerly: %s", exc)
-            torch.cuda.synchronize()
             for layer, length in zip(layers, before, strict=True):
                 layer.hold(length)  # nothing ran: the window is as full as it was
             self.failed = True

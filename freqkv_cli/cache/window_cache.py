@@ -153,7 +153,7 @@ class WindowedCache(Cache):
         """``count`` entries were written into every layer's slots in place (a replayed decode
         graph, which cannot call :meth:`update`): hold them."""
         for layer in self.layers:
-            layer.grew(count)
+            layer.hold(layer.length + count)
         self.tokens_seen += count
 
     def reset(self) -> None:

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
 from ..cache.buffers import SlotBuffers
+from ..cache.graph_capture import capture
 from ..cache.window_cache import WindowedCache
 from . import slot_attention
 from .attention_kernels import attention_kernels
@@ -172,20 +173,11 @@ class GraphDecoder:
             inputs.logits.copy_(logits)
 
     def _capture(self, cache: WindowedCache, key: tuple) -> None:
-        # Warm up on a side stream (as torch's CUDA-graph notes ask): the runs write this step's
-        # key and value into the slot the replay writes again, so they change nothing.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        # The warm-up runs write this step's key and value into the slot the replay writes
+        # again, so they change nothing.
         try:
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._run(cache)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._run(cache)
+            graph = capture(lambda: self._run(cache))
         except Exception as exc:  # a model whose step syncs with the host, say: decode eagerly
-            torch.cuda.synchronize()
             if self.compile:  # try again without fusing first
                 logger.debug("compiled decode graph failed, capturing it uncompiled: %s", exc)
                 self.compile, self.compiled = False, None

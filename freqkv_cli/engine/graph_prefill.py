@@ -21,6 +21,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..cache.buffers import SlotBuffers
+from ..cache.graph_capture import capture
 from ..cache.window_cache import WindowedCache
 from .graph_decode import SlotWriter
 
@@ -114,21 +115,10 @@ class ChunkGraphs:
 
     def _capture(self, cache: WindowedCache, chunk: ChunkGraph) -> None:
         # The warm-up runs write this chunk's keys and values where the replay writes them again.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         try:
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._run(cache, chunk)
-            torch.cuda.current_stream().wait_stream(stream)
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                self._run(cache, chunk)
+            chunk.graph = capture(lambda: self._run(cache, chunk), pool=self.pool)
         except Exception as exc:  # a step that syncs with the host, say: prefill eagerly
             logger.debug("prefill graph capture failed, reading eagerly: %s", exc)
-            torch.cuda.synchronize()
             self.failed = True
-            return
-        chunk.graph = graph

@@ -145,22 +145,21 @@ class StreamingEngine:
     @torch.inference_mode()
     def _forward(self, ids: Sequence[int]) -> torch.Tensor:
         """One forward call that appends ``ids`` to the cache; returns hidden states (1, T, D)."""
-        start = self.cache.length
+        hidden = None
         if self.replays.chunks is not None and not QueryCapture.watching:
-            hidden = self.replays.chunks.forward(self.cache, ids)
-            if hidden is not None:
-                if self.passages is not None:
-                    self.passages.read(ids)
-                return hidden
-        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        positions = torch.arange(start, start + len(ids), device=self.device)[None]
-        with attention_kernels(self.device, len(ids)):
-            out = self.model.model(
-                input_ids=input_ids, position_ids=positions, past_key_values=self.cache, use_cache=True
-            )
+            hidden = self.replays.chunks.forward(self.cache, ids)  # None: not a replayed shape
+        if hidden is None:
+            start = self.cache.length
+            input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+            positions = torch.arange(start, start + len(ids), device=self.device)[None]
+            with attention_kernels(self.device, len(ids)):
+                out = self.model.model(
+                    input_ids=input_ids, position_ids=positions, past_key_values=self.cache, use_cache=True
+                )
+            hidden = out.last_hidden_state
         if self.passages is not None:
             self.passages.read(ids)
-        return out.last_hidden_state
+        return hidden
 
     def _compress(self) -> None:
         self.cache.compress()
