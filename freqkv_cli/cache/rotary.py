@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
     return torch.cat((-second, first), dim=-1)
 
@@ -28,7 +28,7 @@ class KeyRotation:
         self.rotary_emb = rotary_emb
         self.scaling = float(getattr(rotary_emb, "attention_scaling", 1.0))
 
-    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``positions`` ``(seq,)`` -> ``(1, 1, seq, head_dim)``; any other shape ``(..., seq)``
         (e.g. per batch and head) -> ``(..., seq, head_dim)``."""
         probe = torch.empty(0, dtype=torch.float32, device=positions.device)
@@ -39,15 +39,15 @@ class KeyRotation:
         return cos.reshape(shape).float(), sin.reshape(shape).float()
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        cos, sin = self._cos_sin(positions)
+        cos, sin = self.cos_sin(positions)
         cos, sin = cos.to(x.device), sin.to(x.device)  # a device map's hook may compute them elsewhere
-        return x * cos + _rotate_half(x) * sin
+        return x * cos + rotate_half(x) * sin
 
     def unrotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # cos/sin carry the scaling s, so rotate(x) = s * R(p) x and its inverse is R(-p) x / s.
-        cos, sin = self._cos_sin(positions)
+        cos, sin = self.cos_sin(positions)
         cos, sin = cos.to(x.device), sin.to(x.device)
-        return (x * cos - _rotate_half(x) * sin) / (self.scaling * self.scaling)
+        return (x * cos - rotate_half(x) * sin) / (self.scaling * self.scaling)
 
     def shift(self, x: torch.Tensor, old_start: int, new_start: int) -> torch.Tensor:
         """Move keys from positions ``old_start + i`` to ``new_start + i``."""

@@ -20,6 +20,7 @@ from transformers.cache_utils import Cache
 
 from .buffers import SlotBuffers
 from .compress_round import HybridState
+from .fused_rounds import FusedSpanRounds
 from .hybrid import HybridRounds
 from .layers import GrowingLayer, WindowLayer
 from .policy import CachePolicy
@@ -51,6 +52,7 @@ class WindowedCache(Cache):
     ``selector``: the hybrid's way of choosing exact slots (default: the one the policy names).
     ``buffers``: where the windows' slots live, shared by the caches an engine makes in turn.
     ``round_graphs``: replays FreqKV and sink rounds over those slots (CUDA).
+    ``fused_rounds``: FreqKV and sink rounds as :mod:`.fused_rounds` does them.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class WindowedCache(Cache):
         selector: Selector | None = None,
         buffers: SlotBuffers | None = None,
         round_graphs: RoundGraphs | None = None,
+        fused_rounds: bool = False,
     ) -> None:
         if policy.kind == "full":
             layers: list[WindowLayer] = [GrowingLayer() for _ in range(num_layers)]
@@ -76,7 +79,8 @@ class WindowedCache(Cache):
             self.selector = selector if selector is not None else make_selector(policy, rotary_emb)
             self.rounds = HybridRounds(self.rotation, lowpass_method, selector=self.selector)
         elif policy.kind != "full":
-            self.rounds = SpanRounds(self.rotation, lowpass_method, kind=policy.kind)
+            rounds = FusedSpanRounds if fused_rounds else SpanRounds
+            self.rounds = rounds(self.rotation, lowpass_method, kind=policy.kind)
         self.round_graphs = round_graphs
         self.pinned = 0
         self.tokens_seen = 0

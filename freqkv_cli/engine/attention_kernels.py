@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -19,3 +20,17 @@ def attention_kernels(device: torch.device, query_length: int) -> AbstractContex
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+@contextmanager
+def attention_named(config: object, name: str | None) -> Iterator[None]:
+    """The model's layers attend with the function registered as ``name`` (None: as loaded) while
+    inside: they look it up in their config on every call."""
+    if name is None:
+        yield
+        return
+    previous, config._attn_implementation = config._attn_implementation, name  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous  # type: ignore[attr-defined]

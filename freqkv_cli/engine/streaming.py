@@ -19,7 +19,8 @@ from ..cache.selectors import Selector
 from ..cache.state import State, copy_of
 from ..cache.window_cache import CacheStats, WindowedCache
 from ..errors import Interrupted
-from .attention_kernels import attention_kernels
+from .attention_kernels import attention_kernels, attention_named
+from .chunk_attention import NAME as CHUNK_ATTENTION
 from .passages import QUOTE_LEFT, QUOTE_RIGHT, ExactPassages
 from .pieces import as_pieces
 from .query_capture import QueryCapture
@@ -45,6 +46,8 @@ class StreamingEngine:
     ``tokenizer``: used only to decode generated text (stop strings, streaming callbacks).
     ``head_weights``: which query heads score tokens for the hybrid's exact slots (None: all).
     ``decode_graphs``, ``compile_decode``: what is replayed as CUDA graphs (:mod:`.replays`).
+    ``fuse_rounds``: FreqKV and sink rounds fused (:mod:`..cache.fused_rounds`; None: on CUDA).
+    ``chunk_attention``: prefill attends with :mod:`.chunk_attention` (None: on CUDA devices).
     """
 
     def __init__(
@@ -57,6 +60,8 @@ class StreamingEngine:
         head_weights: torch.Tensor | None = None,  # (layers, q_heads)
         decode_graphs: bool | None = None,
         compile_decode: bool | None = None,
+        chunk_attention: bool | None = None,
+        fuse_rounds: bool | None = None,
     ) -> None:
         if max_chunk < 1:
             raise ValueError("max_chunk must be positive")
@@ -66,7 +71,8 @@ class StreamingEngine:
         self.max_chunk = max_chunk
         self.lowpass_method = lowpass_method
         self.head_weights = head_weights
-        self.replays = Replays.for_model(model, decode_graphs, compile_decode)
+        self.replays = Replays.for_model(model, decode_graphs, compile_decode, fuse_rounds)
+        self.chunk_attention = model.device.type == "cuda" if chunk_attention is None else chunk_attention
         self.reset()
 
     @property
@@ -97,6 +103,7 @@ class StreamingEngine:
             lowpass_method=self.lowpass_method,
             buffers=self.replays.buffers,
             round_graphs=self.replays.rounds,
+            fused_rounds=self.replays.fused_rounds,
         )
         self._last_hidden: torch.Tensor | None = None
         self._pending: list[int] = []
@@ -152,7 +159,8 @@ class StreamingEngine:
             start = self.cache.length
             input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
             positions = torch.arange(start, start + len(ids), device=self.device)[None]
-            with attention_kernels(self.device, len(ids)):
+            name = CHUNK_ATTENTION if self.chunk_attention else None
+            with attention_kernels(self.device, len(ids)), attention_named(self.model.config, name):
                 out = self.model.model(
                     input_ids=input_ids, position_ids=positions, past_key_values=self.cache, use_cache=True
                 )

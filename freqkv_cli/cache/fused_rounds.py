@@ -1,0 +1,139 @@
+"""FreqKV and sink rounds with their elementwise work fused (torch.compile on CUDA).
+
+The arithmetic of :func:`.compress_round.compress_round`, in three steps a stacked group of
+layers:
+
+1. ``unrotated_span``: the span's keys un-rotated, stacked with its values in float32, laid out
+   ``(n, everything)`` for the product: one kernel where the eager round makes a dozen float32
+   passes over the group (an 8B model's group of 4 layers holds 0.5 GiB of span);
+2. the low-pass as one ``(kept x n) @ (n x everything)`` product (:func:`.dct.lowpass_matmul`,
+   TF32 for 16-bit caches, as the eager round);
+3. ``rotated_back``: the low-passed keys rotated to their new slots and the recent entries moved
+   down, in the cache's dtype: one kernel again.
+
+cos and sin come from the model's rotary module outside the fused steps, so its position
+product keeps full float32 (TF32 is allowed only around the low-pass product).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .dct import lowpass_matmul
+from .layers import WindowLayer
+from .policy import CachePolicy
+from .rotary import rotate_half
+from .rounds import SpanRounds, allows_tf32, device_groups
+
+logger = logging.getLogger(__name__)
+
+
+def unrotated_span(
+    keys: list[torch.Tensor], values: list[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor, inverse: float
+) -> torch.Tensor:
+    """``keys``/``values``: a group's ``G`` layers' span ``(B, H, n, D)`` (rotated keys); ``cos``/``sin``
+    ``(1, 1, n, D)`` at the old positions, carrying the rotary scaling ``s`` (``inverse = 1/s^2``).
+    Returns ``(n, 2G, B, H, D)`` float32: un-rotated keys, then values."""
+    k = torch.stack(keys).float()
+    k = (k * cos - rotate_half(k) * sin) * inverse
+    both = torch.cat([k, torch.stack(values).float()])
+    return both.movedim(-2, 0).contiguous()
+
+
+def rotated_back(
+    low: torch.Tensor | None,
+    cos_new: torch.Tensor | None,
+    sin_new: torch.Tensor | None,
+    recent_keys: list[torch.Tensor],
+    recent_values: list[torch.Tensor],
+    moves: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    inverse: float,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What follows the head after the round, stacked ``(G, B, H, kept + r, D)`` in ``dtype``.
+
+    ``low``: the product's ``(kept, 2G, B, H, D)`` (None for sink rounds), keys then values;
+    ``cos_new``/``sin_new`` ``(1, 1, kept, D)``: their new slots. ``recent_*``: each layer's ``r``
+    entries that move down (empty lists: none); ``moves``: cos and sin at their old and new slots.
+    """
+    keys, values = [], []
+    if low is not None:
+        assert cos_new is not None and sin_new is not None
+        low = low.movedim(0, -2)
+        count = low.shape[0] // 2
+        k = low[:count]
+        keys.append(k * cos_new + rotate_half(k) * sin_new)
+        values.append(low[count:])
+    if recent_keys:
+        assert moves is not None
+        cos_old, sin_old, cos_to, sin_to = moves
+        r = torch.stack(recent_keys).float()
+        r = (r * cos_old - rotate_half(r) * sin_old) * inverse
+        keys.append(r * cos_to + rotate_half(r) * sin_to)
+        values.append(torch.stack(recent_values).float())
+    return torch.cat(keys, dim=-2).to(dtype), torch.cat(values, dim=-2).to(dtype)
+
+
+@dataclass
+class FusedSpanRounds(SpanRounds):
+    """:class:`.rounds.SpanRounds` with each group's round as the three steps above.
+
+    ``compile``: fuse the two elementwise steps with torch.compile (CUDA only; elsewhere, and
+    where compiling fails, they run as written, which is the same arithmetic)."""
+
+    compile: bool = True
+    steps: dict = field(default_factory=dict, init=False, repr=False)
+
+    def _run(self, function: Callable, device: torch.device, *args: object) -> object:
+        if not (self.compile and device.type == "cuda"):
+            return function(*args)
+        if function not in self.steps:
+            self.steps[function] = torch.compile(function, dynamic=False)
+        try:
+            return self.steps[function](*args)
+        except Exception as exc:  # no compiler for this device, say: the same steps unfused
+            logger.debug("fusing a round's steps failed, running them unfused: %s", exc)
+            self.compile = False
+            return function(*args)
+
+    def compress(
+        self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
+    ) -> None:
+        group = self.group or (1 if layers[0].keys.device.type == "cpu" else 4)
+        for part in device_groups(layers, group):
+            keys, values = self._group_round(part, policy, head)
+            for index, layer in enumerate(part):
+                layer.write(head, keys[index], values[index])
+
+    def _group_round(
+        self, part: Sequence[WindowLayer], policy: CachePolicy, head: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        span, kept, window = policy.span(head), policy.kept(head), policy.window
+        device, dtype = part[0].keys.device, part[0].keys.dtype
+        inverse = 1.0 / (self.rotation.scaling * self.rotation.scaling)
+
+        def cos_sin(start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.rotation.cos_sin(torch.arange(start, start + count, device=device))
+
+        low = cos_new = sin_new = None
+        if self.kind == "freqkv":
+            span_keys = [layer.keys[:, :, head : head + span] for layer in part]
+            span_values = [layer.values[:, :, head : head + span] for layer in part]
+            cos, sin = cos_sin(head, span)
+            prepared = self._run(unrotated_span, device, span_keys, span_values, cos, sin, inverse)
+            low = lowpass_matmul(prepared, kept, dim=0, tf32=allows_tf32(part))
+            cos_new, sin_new = cos_sin(head, kept)
+            moved_from, moved_to = head + span, head + kept
+        else:
+            moved_from, moved_to = head + span - kept, head
+        count = window - moved_from
+        recent_keys = [layer.keys[:, :, moved_from:window] for layer in part] if count > 0 else []
+        recent_values = [layer.values[:, :, moved_from:window] for layer in part] if count > 0 else []
+        moves = (*cos_sin(moved_from, count), *cos_sin(moved_to, count)) if count > 0 else None
+        return self._run(
+            rotated_back, device, low, cos_new, sin_new, recent_keys, recent_values, moves, inverse, dtype
+        )
