@@ -6,12 +6,12 @@ from typing import Any
 
 from ..logs import ConversationLog, logging_wanted
 from ..session.session import Session
+from .options import AnswerChoice
 
 
-def answer_options(answering: Any) -> dict[str, Any]:
-    """How an answer was asked for (an AnswerChoice), as the log keeps it."""
-    names = ("max_new_tokens", "temperature", "top_p", "seed", "repetition_penalty")
-    return {name: getattr(answering, name) for name in names}
+def answer_options(answering: AnswerChoice) -> dict[str, Any]:
+    """How an answer was asked for, as the log keeps it."""
+    return vars(answering.answering())
 
 
 def log_exchange(
@@ -21,7 +21,7 @@ def log_exchange(
     result: Any,
     tokens_in: int,
     seconds: float,
-    answering: Any,
+    answering: AnswerChoice,
     no_log: bool,
 ) -> None:
     """Log one summarize or qa run as a conversation of one exchange (never raises)."""
