@@ -1,5 +1,5 @@
-"""What `freqkv eval ppl` and `freqkv eval needle` share: the lengths and policies they compare,
-checked before a model loads, and the settings every result and figure is labelled with."""
+"""What the `freqkv eval` commands share: the lengths and policies they compare, checked before a
+model loads, the settings every result and figure is labelled with, and the haystack needles hide in."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 from ..cache.policy import CachePolicy, CacheSettings
+from ..documents import open_document
+from ..errors import InputError
 from ..evaluation import choices, plots
+from ..evaluation.needle import HAYSTACK_NAME, default_haystack
 from ..models.loading import LoadedModel
 from . import options as o
 from .output import model_json, write_json
@@ -23,6 +26,33 @@ LengthsOpt = Annotated[
 CachesOpt = Annotated[
     str, o.option("--cache", metavar="POLICIES", help="Policies to compare, comma-separated.")
 ]
+
+
+def seeds_option(help: str) -> Any:
+    """--seeds: how many samples each cell of the comparison takes."""
+    return o.option("--seeds", min=1, panel=None, help=help)
+
+
+def haystack_option(help: str) -> Any:
+    """--haystack: a text of the user's in place of the shipped Botchan excerpt."""
+    return o.option(
+        "--haystack",
+        panel=o.INPUT_PANEL,
+        metavar="PATH",
+        show_default="an excerpt of Botchan, public domain, shipped",
+        help=help,
+    )
+
+
+def read_haystack(path: str | None) -> tuple[str, str]:
+    """The haystack's name and text: the document at ``path`` (--haystack), else the shipped one."""
+    if path is not None:
+        source, text = path, open_document(path).text()
+    else:
+        source, text = f"{HAYSTACK_NAME} (Botchan, chapters I-III)", default_haystack()
+    if not text.strip():
+        raise InputError(f"{source}: the haystack has no text")
+    return source, text
 
 
 @dataclass

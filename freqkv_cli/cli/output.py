@@ -90,6 +90,12 @@ class Readout:
             disable=not self.show_progress,
         )
 
+    def token_progress(self) -> Progress:
+        """The bar of the commands that count tokens: what runs now, tokens done of all."""
+        return self.progress(
+            "{task.description}", "{task.completed:,.0f}/{task.total:,.0f} tok", bar_width=40
+        )
+
     def memory_line(self, session: Session) -> str:
         stats = session.stats()
         parts = [

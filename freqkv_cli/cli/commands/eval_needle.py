@@ -7,15 +7,22 @@ from typing import Annotated
 
 from rich.table import Table
 
-from ...documents import open_document
-from ...errors import InputError, UsageError
+from ...errors import UsageError
 from ...evaluation import choices, plots
 from ...evaluation import needle as needle_lib
 from ...memory.recall import RECALL_METHODS
 from ...session.session import Session
 from ...sizes import format_size
 from .. import options as o
-from ..comparing import CachesOpt, Comparison, LengthsOpt, encoder
+from ..comparing import (
+    CachesOpt,
+    Comparison,
+    LengthsOpt,
+    encoder,
+    haystack_option,
+    read_haystack,
+    seeds_option,
+)
 from ..output import show_table, table, tables_console
 
 
@@ -27,17 +34,8 @@ def needle(
         str, o.option("--depths", "-d", panel=None, help="Needle depths, 0 = start of the document, 1 = end.")
     ] = "0,0.25,0.5,0.75,1",
     cache: CachesOpt = "full,sink,freqkv,hybrid",
-    seeds: Annotated[int, o.option("--seeds", min=1, panel=None, help="Random pass keys per cell.")] = 3,
-    haystack: Annotated[
-        str | None,
-        o.option(
-            "--haystack",
-            panel=o.INPUT_PANEL,
-            metavar="PATH",
-            show_default="an excerpt of Botchan, public domain, shipped",
-            help="Text to hide the needle in.",
-        ),
-    ] = None,
+    seeds: Annotated[int, seeds_option("Random pass keys per cell.")] = 3,
+    haystack: Annotated[str | None, haystack_option("Text to hide the needle in.")] = None,
     later: Annotated[
         str | None,
         o.option(
@@ -82,12 +80,7 @@ def needle(
     wanted = comparison.lengths
     where = choices.parse_depths(depths)
     readout = output.readout
-    if haystack is not None:
-        source, text = haystack, open_document(haystack).text()
-    else:
-        source, text = f"{needle_lib.HAYSTACK_NAME} (Botchan, chapters I-III)", needle_lib.default_haystack()
-    if not text.strip():
-        raise InputError(f"{source}: the haystack has no text")
+    source, text = read_haystack(haystack)
     loaded = model.load(readout)
     policies = comparison.on(loaded)
     # Session.encode's convention (no BOS): the document goes in as freqkv qa streams it.
@@ -101,7 +94,7 @@ def needle(
     repeated: dict[int, int] = {}
     rounds = 2 if methods else 1  # a memory read is one more read of every prompt
     total = len(wanted) * len(where) * seeds * len(policies) * rounds
-    bar = readout.progress("{task.description}", "{task.completed:,.0f}/{task.total:,.0f} tok", bar_width=40)
+    bar = readout.token_progress()
     with bar:
         task = bar.add_task("", total=sum(wanted) * len(where) * seeds * len(policies) * rounds)
         for length in wanted:

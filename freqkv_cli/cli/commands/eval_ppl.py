@@ -75,7 +75,7 @@ def ppl(
         raise InputError(f"no file is as long as {format_size(wanted[0])} tokens: use smaller --lengths")
 
     runs: list[ppl_lib.PerplexityRun] = []
-    bar = readout.progress("{task.description}", "{task.completed:,.0f}/{task.total:,.0f} tok", bar_width=40)
+    bar = readout.token_progress()
     with bar:
         task = bar.add_task("", total=sum(len(ids) for _, ids in plan) * len(policies))
         for name, ids in plan:

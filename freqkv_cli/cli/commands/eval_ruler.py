@@ -7,16 +7,15 @@ from typing import Annotated
 
 from rich.table import Table
 
-from ...documents import open_document
-from ...errors import InputError, UsageError
+from ...errors import UsageError
 from ...evaluation import ruler as ruler_lib
 from ...evaluation.ruler import presses
-from ...evaluation.ruler.haystack import default_haystack, words_of
+from ...evaluation.ruler.haystack import words_of
 from ...evaluation.ruler.plot import plot_ruler
 from ...session.session import Session
 from ...sizes import format_size
 from .. import options as o
-from ..comparing import CachesOpt, Comparison, LengthsOpt
+from ..comparing import CachesOpt, Comparison, LengthsOpt, haystack_option, read_haystack, seeds_option
 from ..output import Readout, show_table, table, tables_console
 
 
@@ -34,7 +33,7 @@ def ruler(
         ),
     ] = "all",
     lengths: LengthsOpt = "4k,8k",
-    seeds: Annotated[int, o.option("--seeds", min=1, panel=None, help="Samples per task and length.")] = 3,
+    seeds: Annotated[int, seeds_option("Samples per task and length.")] = 3,
     cache: CachesOpt = "full,sink,freqkv,hybrid",
     layout: Annotated[
         str,
@@ -57,14 +56,7 @@ def ruler(
         ),
     ] = None,
     haystack: Annotated[
-        str | None,
-        o.option(
-            "--haystack",
-            panel=o.INPUT_PANEL,
-            metavar="PATH",
-            show_default="an excerpt of Botchan, public domain, shipped",
-            help="Real text for the niah tasks that hide needles in text.",
-        ),
+        str | None, haystack_option("Real text for the niah tasks that hide needles in text.")
     ] = None,
     shared: o.CacheChoice,
     model: o.ModelChoice,
@@ -95,12 +87,7 @@ def ruler(
         raise UsageError(f"--layout: '{layout}' is not a layout: use one of {', '.join(ruler_lib.LAYOUTS)}")
     press_names = presses.parse_presses(press)  # without kvpress: one line, before the model loads
     readout = output.readout
-    if haystack is not None:
-        source, text = haystack, open_document(haystack).text()
-    else:
-        source, text = "haystack.txt (Botchan, chapters I-III)", default_haystack()
-    if not text.strip():
-        raise InputError(f"{source}: the haystack has no text")
+    source, text = read_haystack(haystack)
     loaded = model.load(readout)
     policies = comparison.on(loaded)
     count = ruler_lib.token_counter(Session(loaded, policies[0]), layout)
@@ -118,7 +105,7 @@ def ruler(
 
     results: list[ruler_lib.RulerResult] = []
     rows = len(policies) + len(press_names)
-    bar = readout.progress("{task.description}", "{task.completed:,.0f}/{task.total:,.0f} tok", bar_width=40)
+    bar = readout.token_progress()
     with bar:
         progress = bar.add_task("", total=sum(s.length for s in samples) * rows)
         for sample in samples:

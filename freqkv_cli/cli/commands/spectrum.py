@@ -69,7 +69,7 @@ def spectrum(
         readout.warn(f"{document.name} has {format_count(len(ids))} tokens, fewer than --tokens {tokens}")
     if len(ids) < policy.sink + 16:
         raise InputError(f"{document.name}: {len(ids)} tokens are too few for a spectrum")
-    bar = readout.progress("{task.description}", "{task.completed:,.0f}/{task.total:,.0f} tok", bar_width=40)
+    bar = readout.token_progress()
     with bar:
         task = bar.add_task(f"reading {document.name}", total=len(ids))
         layers = spectrum_lib.model_spectrum(
