@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,17 @@ class LogStore:
         except (sqlite3.Error, OSError) as exc:
             raise LogError(f"the conversation log {self.path} cannot be used: {exc}") from None
 
+    @contextmanager
+    def _open(self, *, create: bool, doing: str) -> Iterator[sqlite3.Connection]:
+        """A connection for one call, closed after it; its errors say the log cannot be ``doing``."""
+        connection = self._connect(create=create)
+        try:
+            yield connection
+        except sqlite3.Error as exc:
+            raise LogError(f"the conversation log {self.path} cannot be {doing}: {exc}") from None
+        finally:
+            connection.close()
+
     def add_exchange(
         self,
         conversation_id: int | None,
@@ -142,49 +155,43 @@ class LogStore:
     ) -> int:
         """Log one exchange and the documents read before it, all or nothing; a new conversation
         when ``conversation_id`` is None. Returns the conversation's id."""
-        connection = self._connect(create=True)
-        try:
-            with connection:  # one transaction: a crash leaves the exchange wholly in or out
-                if conversation_id is None:
-                    cursor = connection.execute(
-                        "INSERT INTO conversations (started, command, model, settings) VALUES (?, ?, ?, ?)",
-                        (exchange.at, command, model, json.dumps(settings)),
-                    )
-                    conversation_id = int(cursor.lastrowid)  # type: ignore[arg-type]
-                connection.executemany(
-                    "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (conversation_id, d.position, d.name, d.path, d.sha256, d.pages, d.tokens, d.task)
-                        for d in documents
-                    ],
+        # The connection's own with: one transaction, a crash leaves the exchange wholly in or out.
+        with self._open(create=True, doing="written") as connection, connection:
+            if conversation_id is None:
+                cursor = connection.execute(
+                    "INSERT INTO conversations (started, command, model, settings) VALUES (?, ?, ?, ?)",
+                    (exchange.at, command, model, json.dumps(settings)),
                 )
-                e = exchange
-                connection.execute(
-                    "INSERT INTO exchanges (conversation_id, at, prompt, answer, tokens_in, tokens_out, "
-                    "stop_reason, seconds, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        conversation_id,
-                        e.at,
-                        e.prompt,
-                        e.answer,
-                        e.tokens_in,
-                        e.tokens_out,
-                        e.stop_reason,
-                        e.seconds,
-                        json.dumps(e.options),
-                    ),
-                )
-            return conversation_id
-        except sqlite3.Error as exc:
-            raise LogError(f"the conversation log {self.path} cannot be written: {exc}") from None
-        finally:
-            connection.close()
+                conversation_id = int(cursor.lastrowid)  # type: ignore[arg-type]
+            connection.executemany(
+                "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (conversation_id, d.position, d.name, d.path, d.sha256, d.pages, d.tokens, d.task)
+                    for d in documents
+                ],
+            )
+            e = exchange
+            connection.execute(
+                "INSERT INTO exchanges (conversation_id, at, prompt, answer, tokens_in, tokens_out, "
+                "stop_reason, seconds, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conversation_id,
+                    e.at,
+                    e.prompt,
+                    e.answer,
+                    e.tokens_in,
+                    e.tokens_out,
+                    e.stop_reason,
+                    e.seconds,
+                    json.dumps(e.options),
+                ),
+            )
+        return conversation_id
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
         """The ``limit`` latest conversations, newest first: id, start, command, model, counts,
         the first prompt."""
-        connection = self._connect(create=False)
-        try:
+        with self._open(create=False, doing="read") as connection:
             rows = connection.execute(
                 "SELECT c.id, c.started, c.command, c.model, "
                 "(SELECT COUNT(*) FROM exchanges e WHERE e.conversation_id = c.id), "
@@ -193,10 +200,6 @@ class LogStore:
                 "FROM conversations c ORDER BY c.id DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-        except sqlite3.Error as exc:
-            raise LogError(f"the conversation log {self.path} cannot be read: {exc}") from None
-        finally:
-            connection.close()
         keys = ("id", "started", "command", "model", "exchanges", "documents", "first_prompt")
         return [{**dict(zip(keys, row, strict=True)), "started": _iso(row[1])} for row in rows]
 
@@ -206,8 +209,7 @@ class LogStore:
 
     def conversation(self, conversation_id: int) -> Conversation:
         """One conversation, whole; LogError if there is none with this id."""
-        connection = self._connect(create=False)
-        try:
+        with self._open(create=False, doing="read") as connection:
             row = connection.execute(
                 "SELECT id, started, command, model, settings FROM conversations WHERE id = ?",
                 (conversation_id,),
@@ -224,10 +226,6 @@ class LogStore:
                 "FROM exchanges WHERE conversation_id = ? ORDER BY id",
                 (conversation_id,),
             ).fetchall()
-        except sqlite3.Error as exc:
-            raise LogError(f"the conversation log {self.path} cannot be read: {exc}") from None
-        finally:
-            connection.close()
         return Conversation(
             id=row[0],
             started=row[1],
