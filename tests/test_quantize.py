@@ -106,6 +106,10 @@ def test_a_damaged_copy_is_quantized_again(
     loaded = load_model(str(folder), device="cpu", quantize="int8")
     assert "damaged" in caplog.text
     assert weight_facts(loaded.model)["quantization"] == "int8"
+    caplog.clear()
+    load_model(str(folder), device="cpu", quantize="int8")  # from the rebuilt copy
+    assert "damaged" not in caplog.text
+    assert [p.name for p in (home / "quantized").iterdir()] == [weights.parent.name]
 
 
 def test_quantized_weights_are_smaller_and_fingerprinted_apart(folder: Path) -> None:
@@ -113,7 +117,15 @@ def test_quantized_weights_are_smaller_and_fingerprinted_apart(folder: Path) -> 
     int8 = load_model(str(folder), device="cpu", quantize="int8")
     int4 = load_model(str(folder), device="cpu", quantize="int4")
     sizes = [weight_facts(m.model)["weight_bytes"] for m in (plain, int8, int4)]
-    assert sizes[0] > sizes[1] > sizes[2]
+    # From the unquantized model: its float32 linear weights (lm_head excepted) become int8 plus a
+    # float32 scale a row, or NF4 (two a byte) plus a float32 absmax a block of 64 and a 16-entry
+    # float32 code a layer.
+    linears = [m for n, m in plain.model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    weights = sum(m.weight.numel() for m in linears)
+    rows = sum(m.weight.shape[0] for m in linears)
+    unquantized = sizes[0] - 4 * weights
+    assert sizes[1] == unquantized + weights + 4 * rows
+    assert sizes[2] == unquantized + weights // 2 + 4 * (weights // 64) + 4 * 16 * len(linears)
     # A memory file names the weights that computed its keys and values: other weights, other model.
     prints = {weights_fingerprint(m.model) for m in (plain, int8, int4)}
     assert len(prints) == 3
@@ -129,10 +141,30 @@ def test_unsupported_combinations_are_refused() -> None:
         LoadPlan.make(torch.device("cuda"), torch.float32, quantize="int8")
 
 
-def test_running_out_of_memory_while_loading_says_what_would_fit() -> None:
-    plan = LoadPlan.make(torch.device("cuda"), torch.bfloat16)
-    message = plan.what_would_fit("big")
-    assert "--quantize int4" in message and "--device-map auto" in message and "--window" in message
+def test_running_out_of_memory_while_loading_says_what_would_fit(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from freqkv_cli.errors import OutOfMemoryError
+    from freqkv_cli.models import loading
+
+    def out_of_memory(*args: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loading, "_from_pretrained", out_of_memory)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU to spread over
+    with pytest.raises(OutOfMemoryError) as raised:
+        load_model(str(folder), device="cpu")
+    message = str(raised.value)
+    assert all(hint in message for hint in ("--quantize int4", "int8", "--device-map auto", "--window"))
+    with pytest.raises(OutOfMemoryError) as raised:
+        load_model(str(folder), device="cpu", quantize="int4", device_map="auto")
+    assert "--quantize" not in str(raised.value) and "--device-map" not in str(raised.value)
+
+    # Weights alone larger than the GPU's free memory: a smaller window would not help.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 2000))
+    with pytest.raises(OutOfMemoryError) as raised:
+        LoadPlan.make(torch.device("cuda"), torch.bfloat16).check_fits(folder, "big")
+    assert "--quantize int4" in str(raised.value) and "--window" not in str(raised.value)
 
 
 def test_cli_refusals_are_one_line(folder: Path, tmp_path: Path) -> None:
@@ -158,8 +190,48 @@ def test_info_reports_weights_quantization_and_map(folder: Path) -> None:
     assert result.returncode == 0, result.stderr.decode()
     data = json.loads(result.stdout)
     assert data["quantization"] == "int4"
-    assert data["weight_bytes"] > 0
-    assert set(data["weight_bytes_by_device"]) == {"cpu"}
+    plain = load_model(str(folder), device="cpu").model
+    # Two 4-bit weights a byte are still two parameters; the bytes held include NF4's scales.
+    assert data["parameters"] == sum(p.numel() for p in plain.parameters())
+    int4 = load_model(str(folder), device="cpu", quantize="int4")
+    assert data["weight_bytes"] == weight_facts(int4.model)["weight_bytes"]  # checked in bytes above
+    assert data["weight_bytes_by_device"] == {"cpu": data["weight_bytes"]}
+
+
+def test_a_superseded_copy_is_removed_once_no_model_read_from_it_lives(
+    folder: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from freqkv_cli.models import quantize
+
+    copies = home / "quantized"
+    load_model(str(folder), device="cpu", quantize="int8")
+    load_model(str(folder), device="cpu", quantize="int4")
+    (int8,) = (p for p in copies.iterdir() if "-int8-" in p.name)
+    (first,) = (p for p in copies.iterdir() if "-int4-" in p.name)
+    # Copies named without an identity: one of this source under an earlier recipe, one of another
+    # source with the same folder name.
+    digest = quantize._digest(folder, quantize.Quantization("int4"), "nf4-b64,int8-t1.0", "torch.float32")
+    unnamed = copies / f"{folder.stem}-int4-{digest}"
+    other = copies / f"{folder.stem}-int4-{'0' * 16}"
+    for path in (unnamed, other):
+        path.mkdir()
+        (path / "config.json").write_text("{}")
+    in_use = load_model(str(folder), device="cpu", quantize="int4")  # read from the first copy
+
+    monkeypatch.setattr(quantize, "RECIPE", quantize.RECIPE + "-next")
+    load_model(str(folder), device="cpu", quantize="int4")
+    assert {p.name for p in copies.iterdir()} >= {first.name, int8.name, other.name}
+    assert not unnamed.exists()
+    second = quantize.prequantized_folder(folder, quantize.Quantization("int4"), "torch.float32")
+    assert second.is_dir() and second != first
+
+    del in_use
+    gc.collect()
+    again = load_model(str(folder), device="cpu", quantize="int4")  # from the second copy
+    assert {p.name for p in copies.iterdir()} == {second.name, int8.name, other.name}
+    assert weight_facts(again.model)["quantization"] == "int4"
 
 
 @pytest.mark.slow

@@ -126,12 +126,16 @@ def _bytes(match: re.Match) -> int:
 
 
 def devices_of(model: torch.nn.Module) -> dict[str, int]:
-    """Weight bytes per device the model computes on (``cpu``, ``cuda:0``, ``disk``), in place order."""
+    """Weight bytes per device the model computes on (``cpu``, ``cuda:0``, ``disk``), in place order,
+    quantized weights' scales included."""
+    from .quantize import held_tensors
+
     mapping = getattr(model, "hf_device_map", None)
     found: dict[str, int] = {}
-    for tensor in [*model.parameters(), *model.buffers()]:
-        name = "disk" if tensor.device.type == "meta" else str(tensor.device)
-        found[name] = found.get(name, 0) + tensor.numel() * tensor.element_size()
+    for parameter in [*model.parameters(), *model.buffers()]:
+        for tensor in held_tensors(parameter):
+            name = "disk" if tensor.device.type == "meta" else str(tensor.device)
+            found[name] = found.get(name, 0) + tensor.numel() * tensor.element_size()
     if mapping and "disk" in {str(v) for v in mapping.values()}:
         found.setdefault("disk", 0)
     return found

@@ -21,14 +21,20 @@ import torch
 from ..errors import OutOfMemoryError, UsageError, is_out_of_memory
 from .device_map import Placement, parse_placement
 from .quantize import (
+    CopyHold,
     Quantization,
     check_quantize_device,
+    hold_prequantized,
     parse_quantize,
     prequantized_folder,
+    remove_superseded,
     requantize,
     save_prequantized,
     usable_prequantized,
 )
+
+# Copies found by kept_folder, held until load_from ties each to the model read from it.
+_HOLDS: dict[Path, CopyHold] = {}
 
 
 @dataclass(frozen=True)
@@ -91,21 +97,40 @@ class LoadPlan:
         return None if kept is None else self.load_from(kept, load)
 
     def load_from(self, kept: Path, load: Callable[[Path, dict], torch.nn.Module]) -> torch.nn.Module:
-        """The model from the checked copy ``kept``."""
+        """The model from the checked copy ``kept``, which stays held while the model lives."""
         kwargs = self.kwargs()
         kwargs.pop("quantization_config", None)  # the copy's config.json says how it is quantized
-        return load(kept, kwargs)
+        hold = _HOLDS.pop(kept, None)
+        try:
+            model = load(kept, kwargs)
+        except BaseException:
+            if hold is not None:
+                hold.release()
+            raise
+        if hold is not None:
+            hold.tie(model)
+        return model
 
     def kept_folder(self, source: Path) -> Path | None:
-        """The intact pre-quantized copy of ``source``, if one is kept."""
+        """The intact pre-quantized copy of ``source``, if one is kept (held for :meth:`load_from`)."""
         kept = self.prequantized(source)
-        return kept if kept is not None and usable_prequantized(kept) else None
+        hold = hold_prequantized(kept) if kept is not None else None
+        if hold is None:
+            return None
+        previous = _HOLDS.pop(kept, None)
+        if previous is not None:
+            previous.release()
+        _HOLDS[kept] = hold
+        remove_superseded(kept, source, self.quantization, str(self.dtype))
+        return kept
 
     def keep(self, source: Path, model: torch.nn.Module, tokenizer: object) -> None:
         """Keep the quantized ``model`` of ``source`` for the next load."""
         kept = self.prequantized(source)
-        if kept is not None and not usable_prequantized(kept):
-            save_prequantized(model, tokenizer, kept)
+        if kept is None:
+            return
+        if usable_prequantized(kept) or save_prequantized(model, tokenizer, kept):
+            remove_superseded(kept, source, self.quantization, str(self.dtype))
 
     def place(self, model: torch.nn.Module, common: dict) -> torch.nn.Module:
         """Quantize and/or spread a model built in memory on the CPU (a GGUF, a merged adapter)."""
@@ -140,23 +165,29 @@ class LoadPlan:
         needed = estimated_weight_bytes(folder, self.dtype.itemsize, self.quantization)
         free = torch.cuda.mem_get_info(self.target)[0]
         if needed is not None and needed > free:
+            hint = self.what_would_fit(name, weights_alone=True)
             raise OutOfMemoryError(
-                f"{self.what_would_fit(name)} (its weights need about {needed / 2**30:.1f} GiB, "
+                f"{hint} (its weights need about {needed / 2**30:.1f} GiB, "
                 f"{free / 2**30:.1f} GiB are free on {self.target})"
             )
 
-    def what_would_fit(self, name: str) -> str:
+    def what_would_fit(self, name: str, weights_alone: bool = False) -> str:
+        """What to try when ``name`` does not fit: fewer bytes a weight, some layers on other
+        devices (only where there is a GPU to spread over), a smaller window (less cache; not
+        when the weights alone are too big), a smaller model."""
         where = "the GPU" if self.target.type == "cuda" else "memory"
         hints = []
         if self.quantization is None:
-            hints.append("--quantize int4 (about a quarter of the 16-bit weights) or int8")
+            hints.append("--quantize int4 (about a quarter of the 16-bit weights) or int8 (half)")
         elif self.quantization.kind == "int8":
-            hints.append("--quantize int4")
-        if self.placement is None:
+            hints.append("--quantize int4 (about half of int8's weights)")
+        if self.placement is None and torch.cuda.is_available():
             hints.append(
                 "--device-map auto (layers spread over the GPUs and the CPU; --max-memory caps each)"
             )
-        hints.append("a smaller --window")
+        if not weights_alone:
+            hints.append("a smaller --window")
+        hints.append("a smaller model")
         return f"model '{name}' does not fit in {where}: try " + ", ".join(hints)
 
 
@@ -177,7 +208,7 @@ def _offload_folder() -> Path:
 
 def estimated_weight_bytes(folder: Path, element: int, quantization: Quantization | None) -> int | None:
     """Weight bytes of a Llama-style checkpoint from its config.json (None if it cannot be told):
-    the linear layers at 1 or 0.5 bytes a weight (+3% for scales) when quantized, the rest as is."""
+    the linear layers at their quantized bytes a weight (scales included), the rest as is."""
     import json
 
     try:
@@ -195,5 +226,5 @@ def estimated_weight_bytes(folder: Path, element: int, quantization: Quantizatio
         return None
     linear = layers * (2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim + 3 * hidden * inter)
     embeddings = vocab * hidden * (1 if c.get("tie_word_embeddings") else 2)
-    per_weight = element if quantization is None else quantization.bits / 8 * 1.03
+    per_weight = element if quantization is None else quantization.bytes_per_weight
     return int(linear * per_weight + embeddings * element)

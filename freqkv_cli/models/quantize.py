@@ -8,6 +8,17 @@ torchao: docs/DESIGN.md, figures in docs/BENCHMARKS.md section 8.
 transformers quantizes each tensor as it is read (no full 16-bit copy on the device). The result
 is saved once under ``FREQKV_HOME/quantized/`` as safetensors (no pickle), written beside its
 place and renamed there, so a second load reads a quarter of the bytes and quantizes nothing.
+
+One copy is kept per source, kind and dtype: a copy's name is ``NAME-KIND-IDENTITY-DIGEST``, where
+IDENTITY names the source's path, the kind and the dtype, and DIGEST what makes a copy current
+(the recipe, the library versions, the source files' sizes and mtimes). Once the current copy is
+written, or found intact, the copies of the same IDENTITY with another DIGEST are removed: no
+load could use them again, short of going back to older files or an older freqkv, bitsandbytes
+or transformers, and an 8B model's copy is 5 GiB. Each is renamed away first (a reader never
+sees half a folder), and not removed while a model loaded from it is alive in any freqkv
+process (each holds a shared lock on its copy's ``freqkv-in-use`` file; POSIX only). Two
+environments with different library versions sharing a FREQKV_HOME therefore take turns: each
+quantizes again after the other ran.
 """
 
 from __future__ import annotations
@@ -16,6 +27,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +38,11 @@ from ..errors import ModelError, UsageError
 
 QUANTIZE_CHOICES = ("int8", "int4")
 INT8_THRESHOLD = 1.0
-RECIPE = f"nf4-b64,int8-t{INT8_THRESHOLD}"  # names kept copies: a changed recipe quantizes again
+NF4_BLOCKSIZE = 64
+RECIPE = f"nf4-b{NF4_BLOCKSIZE},int8-t{INT8_THRESHOLD}"  # a changed recipe quantizes again
+# Recipes of copies named NAME-KIND-DIGEST (no IDENTITY): still recognised, so they are removed.
+_UNNAMED_RECIPES = ("nf4-b64,int8-t2.0", "nf4-b64,int8-t1.0")
+IN_USE_FILE = "freqkv-in-use"
 log = logging.getLogger("freqkv_cli")
 
 
@@ -49,6 +66,12 @@ class Quantization:
     @property
     def bits(self) -> int:
         return 8 if self.kind == "int8" else 4
+
+    @property
+    def bytes_per_weight(self) -> float:
+        """Bytes a linear layer's weight takes, its scales included: NF4 packs two weights a byte
+        beside one float32 absmax a block; LLM.int8 adds one float32 scale a row (ignored)."""
+        return 1.0 if self.kind == "int8" else 0.5 + 4 / NF4_BLOCKSIZE
 
     def config(self, compute_dtype: torch.dtype) -> object:
         """The ``quantization_config`` for ``from_pretrained``."""
@@ -123,6 +146,31 @@ def quantization_of(model: torch.nn.Module) -> str | None:
     return None
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    """The model's weights, counted as the unquantized model has them: a 4-bit weight's tensor
+    holds two a byte (its ``quant_state`` keeps the shape they were quantized from)."""
+    total = 0
+    for parameter in model.parameters():
+        state = getattr(parameter, "quant_state", None)
+        total += state.shape.numel() if state is not None else parameter.numel()
+    return total
+
+
+def held_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """``tensor`` and what bitsandbytes keeps beside it, outside the module's parameters: a 4-bit
+    weight's absmax a block and its code (with double quantization, theirs too), an 8-bit
+    weight's scale a row. NF4's absmax alone is an eighth of the packed weights' bytes."""
+    held = [tensor]
+    state = getattr(tensor, "quant_state", None)
+    while state is not None:
+        held += [t for t in (state.absmax, state.code, state.offset) if isinstance(t, torch.Tensor)]
+        state = state.state2 if state.nested else None
+    scales = getattr(tensor, "SCB", None)
+    if isinstance(scales, torch.Tensor):
+        held.append(scales)
+    return held
+
+
 def weight_facts(model: torch.nn.Module) -> dict:
     """What ``freqkv info`` reports of the weights: bytes held, quantization, where they are."""
     from .device_map import devices_of
@@ -157,18 +205,23 @@ def prequantized_folder(source: Path, quantization: Quantization, extra: str = "
     """Where the quantized copy of ``source`` (a folder or a .gguf file) is kept. Named by the
     source's path, the sizes and mtimes of its files, the quantization and the library versions:
     a changed checkpoint or a new bitsandbytes gets a new copy, without hashing gigabytes."""
-    import transformers
-
     from .default import freqkv_home
 
-    bitsandbytes = require_bitsandbytes()
-
     source = source.resolve()
+    identity = hashlib.sha256(f"{source}\n{quantization.kind}\n{extra}".encode()).hexdigest()[:8]
+    digest = _digest(source, quantization, RECIPE, extra)
+    return freqkv_home() / "quantized" / f"{source.stem}-{quantization.kind}-{identity}-{digest}"
+
+
+def _digest(source: Path, quantization: Quantization, recipe: str, extra: str) -> str:
+    import transformers
+
+    bitsandbytes = require_bitsandbytes()
     files = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
     facts = [
         str(source),
         quantization.kind,
-        RECIPE,
+        recipe,
         bitsandbytes.__version__,
         transformers.__version__,
         extra,
@@ -176,14 +229,101 @@ def prequantized_folder(source: Path, quantization: Quantization, extra: str = "
     for path in files:
         stat = path.stat()
         facts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    digest = hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
-    return freqkv_home() / "quantized" / f"{source.stem}-{quantization.kind}-{digest}"
+    return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
 
 
-def save_prequantized(model: torch.nn.Module, tokenizer: object, folder: Path) -> None:
+def remove_superseded(current: Path, source: Path, quantization: Quantization, extra: str = "") -> None:
+    """Remove the other copies of ``current``'s source, kind and dtype (see the module's
+    docstring), and what an interrupted removal left; a copy in use stays."""
+    source = source.resolve()
+    prefix = current.name.rsplit("-", 1)[0] + "-"
+    unnamed = {
+        f"{source.stem}-{quantization.kind}-{_digest(source, quantization, recipe, extra)}"
+        for recipe in _UNNAMED_RECIPES
+    }
+    try:
+        siblings = list(current.parent.iterdir())
+    except OSError:
+        return
+    for path in siblings:
+        if path.name.startswith(".removing-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path != current and (path.name.startswith(prefix) or path.name in unnamed):
+            _remove_unless_in_use(path)
+
+
+def _remove_unless_in_use(folder: Path) -> None:
+    try:
+        handle = os.open(folder / IN_USE_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        handle = None  # written without the file: no freqkv that could hold it
+    except OSError:
+        return
+    gone = folder.with_name(f".removing-{folder.name}-{os.getpid()}")
+    try:
+        if handle is not None and _fcntl is not None:
+            _fcntl.flock(handle, _fcntl.LOCK_EX | _fcntl.LOCK_NB)  # fails while a reader holds it
+        os.rename(folder, gone)
+    except OSError:
+        return
+    finally:
+        if handle is not None:
+            os.close(handle)
+    shutil.rmtree(gone, ignore_errors=True)
+    log.info("removed the superseded quantized copy '%s'", folder)
+
+
+try:
+    import fcntl as _fcntl
+except ImportError:  # Windows: a folder whose files are open cannot be renamed there anyway
+    _fcntl = None
+
+
+class CopyHold:
+    """A shared lock on a kept copy's ``freqkv-in-use`` file, so that no freqkv removes the copy
+    while it is being read, nor while the model read from it lives (:meth:`tie`)."""
+
+    def __init__(self, handle: int | None) -> None:
+        self.handle = handle
+
+    def tie(self, model: object) -> None:
+        if self.handle is not None:
+            weakref.finalize(model, os.close, self.handle)
+            self.handle = None
+
+    def release(self) -> None:
+        if self.handle is not None:
+            os.close(self.handle)
+            self.handle = None
+
+
+def hold_prequantized(folder: Path) -> CopyHold | None:
+    """Hold the copy in ``folder`` if it is usable; None if it is not (or was just removed)."""
+    handle = None
+    try:
+        handle = os.open(folder / IN_USE_FILE, os.O_RDONLY)
+        if _fcntl is not None:
+            _fcntl.flock(handle, _fcntl.LOCK_SH)  # waits out a removal under way
+        if os.fstat(handle).st_ino != os.stat(folder / IN_USE_FILE).st_ino:
+            raise FileNotFoundError  # removed while we waited, and written again since
+    except OSError:
+        if handle is not None:
+            os.close(handle)
+        if not (folder / IN_USE_FILE).exists() and (folder / "config.json").is_file():
+            handle = None  # written without the file: usable, held by nothing
+        else:
+            return None
+    hold = CopyHold(handle)
+    if not usable_prequantized(folder):
+        hold.release()
+        return None
+    return hold
+
+
+def save_prequantized(model: torch.nn.Module, tokenizer: object, folder: Path) -> bool:
     """Write the quantized model and tokenizer beside ``folder`` with checksums, then rename it
-    there. A folder that cannot be written costs the next load its quantizing, not this one."""
-    import shutil
+    there; True if it was. A folder that cannot be written costs the next load its quantizing,
+    not this one."""
     import tempfile
 
     from .integrity import share, write_manifest
@@ -195,12 +335,17 @@ def save_prequantized(model: torch.nn.Module, tokenizer: object, folder: Path) -
         model.save_pretrained(staging)  # safetensors; bitsandbytes' quant states as tensors
         tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
         write_manifest(staging)
+        (staging / IN_USE_FILE).touch()  # not in the manifest: only ever locked, never written
         share(staging)
+        if folder.exists():  # found damaged: moved away, unless a model read from it still lives
+            _remove_unless_in_use(folder)
         os.replace(staging, folder)
+        return True
     except OSError as exc:
         log.warning(
             "could not keep the quantized copy in '%s' (%s): the next load quantizes again", folder, exc
         )
+        return False
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

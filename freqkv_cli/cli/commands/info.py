@@ -6,7 +6,7 @@ import sys
 
 from ...config import config_path, load_config
 from ...logs import log_path
-from ...models.quantize import describe_weights, weight_facts
+from ...models.quantize import describe_weights, parameter_count, weight_facts
 from ...sizes import format_bytes, format_count
 from .. import options as o
 from ..output import write_json
@@ -40,7 +40,7 @@ def info(*, model: o.ModelChoice, cache: o.CacheChoice, output: o.OutputChoice) 
     data = {
         "model": loaded.name,
         "family": loaded.family,
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "parameters": parameter_count(loaded.model),  # packed 4-bit weights counted as weights
         "native_window": loaded.native_window,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."),
