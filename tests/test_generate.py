@@ -333,3 +333,17 @@ def test_repetition_penalty_follows_its_definition() -> None:
     assert penalised(torch.tensor([-1.0, -1.5, -4.0]), history=[0]) == 1  # -1 * 2 = -2 < -1.5
     with pytest.raises(UsageError):
         Sampler(repetition_penalty=0.9)
+
+
+def test_timings_count_what_was_read_and_decoded() -> None:
+    engine = StreamingEngine(tiny_model(), CachePolicy(kind="freqkv", window=32, sink=2), max_chunk=5)
+    engine.feed(list(range(10)), pin=True)  # a pinned prefix is read when the rest comes
+    engine.feed(list(range(10, 67)))
+    result = engine.generate(9, Sampler(), stop_token_ids=())
+    timings = engine.timings.as_dict()
+    assert timings["read_tokens"] == 67 and timings["decoded_tokens"] == len(result.token_ids) == 9
+    assert timings["read_seconds"] > 0 and timings["decode_seconds"] > 0
+    assert timings["read_tok_s"] == pytest.approx(67 / engine.timings.read_seconds, rel=1e-3)
+    engine.reset()  # one account for the engine's whole life
+    engine.feed(list(range(5)))
+    assert engine.timings.read_tokens == 72

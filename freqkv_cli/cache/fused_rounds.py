@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -30,6 +30,7 @@ from .rotary import rotate_half
 from .rounds import SpanRounds, allows_tf32, device_groups
 
 logger = logging.getLogger(__name__)
+_COMPILED: dict[Callable, Callable] = {}
 
 
 def unrotated_span(
@@ -86,15 +87,14 @@ class FusedSpanRounds(SpanRounds):
     where compiling fails, they run as written, which is the same arithmetic)."""
 
     compile: bool = True
-    steps: dict = field(default_factory=dict, init=False, repr=False)
 
     def _run(self, function: Callable, device: torch.device, *args: object) -> object:
         if not (self.compile and device.type == "cuda"):
             return function(*args)
-        if function not in self.steps:
-            self.steps[function] = torch.compile(function, dynamic=False)
+        if function not in _COMPILED:  # one per process: a reset's new cache compiles nothing again
+            _COMPILED[function] = torch.compile(function, dynamic=False)
         try:
-            return self.steps[function](*args)
+            return _COMPILED[function](*args)
         except Exception as exc:  # no compiler for this device, say: the same steps unfused
             logger.debug("fusing a round's steps failed, running them unfused: %s", exc)
             self.compile = False

@@ -26,6 +26,7 @@ from .pieces import as_pieces
 from .query_capture import QueryCapture
 from .replays import Replays
 from .sampling import Sampler
+from .timings import Timings
 
 ProgressCallback = Callable[[int], None]  # called with the number of tokens just consumed
 
@@ -72,6 +73,7 @@ class StreamingEngine:
         self.lowpass_method = lowpass_method
         self.head_weights = head_weights
         self.replays = Replays.for_model(model, decode_graphs, compile_decode, fuse_rounds)
+        self.timings = Timings()
         self.chunk_attention = model.device.type == "cuda" if chunk_attention is None else chunk_attention
         self.reset()
 
@@ -228,7 +230,10 @@ class StreamingEngine:
         if pin and self.cache.length != self.cache.pinned:
             raise ValueError("pin=True only for a prefix: everything fed before must be pinned too")
         capture = question and self.selector is not None
-        with QueryCapture(self.model) if capture else nullcontext() as captured:
+        with (
+            self.timings.timing("read", self.device),
+            QueryCapture(self.model) if capture else nullcontext() as captured,
+        ):
             self._feed(token_ids, pin, on_progress)
         if captured is not None:
             # Only the question's own tokens: the instruction's and the "Document:" cue's queries
@@ -274,6 +279,7 @@ class StreamingEngine:
 
     def _consume(self, ids: Sequence[int], on_progress: ProgressCallback | None) -> int:
         for chunk, hidden in self._feed_hidden(ids):
+            self.timings.read_tokens += len(chunk)
             if self._should_stop is not None and self._should_stop():
                 self._last_hidden = hidden[:, -1]
                 raise Interrupted(f"interrupted after {self.cache.tokens_seen} tokens")
@@ -344,6 +350,22 @@ class StreamingEngine:
         """
         if self._last_hidden is None:
             raise ValueError("feed() something before generate()")
+        with self.timings.timing("decode", self.device):
+            result = self._generate(
+                max_new_tokens, sampler, stop_token_ids, stop_strings, on_text, should_stop
+            )
+        self.timings.decoded_tokens += len(result.token_ids)
+        return result
+
+    def _generate(
+        self,
+        max_new_tokens: int,
+        sampler: Sampler | None,
+        stop_token_ids: Iterable[int],
+        stop_strings: Sequence[str],
+        on_text: Callable[[str], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> GenerationResult:
         self._flush_pending()
         sampler = sampler or Sampler()
         stops = set(stop_token_ids)
