@@ -88,9 +88,12 @@ def quantized_linear(linear: nn.Linear, kind: str, device: torch.device) -> nn.M
             bias=False,
             compute_dtype=torch.bfloat16,
             quant_type="nf4",
+            compress_statistics=False,  # as --quantize int4 (models/quantize.py): no double quant
             device="meta",
         )
-        new.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4").to(device)
+        new.weight = bnb.nn.Params4bit(
+            weight, requires_grad=False, quant_type="nf4", compress_statistics=False
+        ).to(device)
     else:
         new = bnb.nn.Linear8bitLt(
             linear.in_features,
@@ -143,14 +146,15 @@ def allocated(device: torch.device) -> int:
 
 
 MAX_CHUNK = [2048]  # the engine's default; --max-chunk splits prefill forwards (less activation memory)
+GRAPHS = [False]  # --graphs: the engine's default replays (decode graphs, replayed rounds)
 
 
 def make_engine(model: nn.Module, window: int) -> StreamingEngine:
-    """Eager decoding in every arm (where the engine can replay CUDA graphs, they are off): the
-    same decode path for bf16 and quantized weights, so their ratio compares the weights alone."""
+    """The same decode path for bf16 and quantized weights in every arm, so their ratio compares
+    the weights alone: eager unless --graphs, then what the engine replays by default."""
     kwargs = {}
     if "decode_graphs" in inspect.signature(StreamingEngine).parameters:
-        kwargs["decode_graphs"] = False
+        kwargs["decode_graphs"] = None if GRAPHS[0] else False
     return StreamingEngine(model, CachePolicy("freqkv", window=window), max_chunk=MAX_CHUNK[0], **kwargs)
 
 
@@ -368,13 +372,14 @@ def main() -> None:
     parser.add_argument("--cpu-layers", type=int, default=4)
     parser.add_argument("--max-chunk", type=int, default=2048)
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for all arms")
+    parser.add_argument("--graphs", action="store_true", help="the engine's default replays, not eager")
     args = parser.parse_args()
     for key in ("lengths", "lengths_int8", "lengths_70b"):
         setattr(args, key, [int(x) for x in getattr(args, key).split(",")])
     if args.tiny:
         args.lengths, args.lengths_int8, args.lengths_70b = [600, 1200], [600], [600]
         args.window, args.map_tokens, args.map_window, args.cpu_layers = 128, 300, 128, 1
-    MAX_CHUNK[0] = args.max_chunk
+    MAX_CHUNK[0], GRAPHS[0] = args.max_chunk, args.graphs
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

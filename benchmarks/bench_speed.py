@@ -6,11 +6,14 @@ one process, one GPU. Sections (``--sections``, in this order):
 
 - ``ceilings``: bf16 8192^3 matmul TFLOP/s and device copy TB/s (CUDA events, median of 20);
   from them the linear-layer prefill limit (tok/s) and the weight-read decode floor (ms).
-- ``check``: the captured decode graph against eager decode. Four families (tiny shapes) and
+- ``check``: the GPU path (captured decode, lower-right prefill attention, fused rounds) against
+  the plain eager one. Four families (tiny shapes) and
   the 8B shape, bf16, with compression rounds during decode: teacher-forced logits (the same
   tokens for both, so a near tie cannot send them apart) and free-running greedy tokens.
 - ``prefill``: tokens/s, share of time in compression, peak memory, per policy and length;
-  the hybrid reads a pinned question first, as ``freqkv qa`` does.
+  the hybrid reads a pinned question first, as ``freqkv qa`` does. At the first length and at
+  128k also the same read as the previous version did it (masked SDPA, rounds unfused:
+  ``*_before``), and at the first length eagerly (no replays).
 - ``decode``: ms/token of ``generate`` (greedy, 64 tokens, tokenizer-free) after each prefill,
   graph and eager.
 - ``stock``: transformers' own ``generate`` with a StaticCache (which compiles its decode
@@ -76,8 +79,11 @@ FAMILY_BASE = dict(
 OUT: dict = {}
 
 
+STARTED = time.perf_counter()
+
+
 def log(message: str = "") -> None:
-    print(message, flush=True)
+    print(f"[{time.perf_counter() - STARTED:6.0f} s] {message}", flush=True)
 
 
 def build(shape: dict, device: torch.device, dtype: torch.dtype, seed: int = 0):
@@ -163,7 +169,10 @@ def compare(
         [("fp32", False, reference)] if reference else []
     )
     for name, graphs, net in todo:
-        engine = StreamingEngine(net, policy, decode_graphs=graphs)
+        # "eager" is the plain path: masked SDPA, rounds unfused, nothing replayed; "graph" is
+        # every default of the GPU path (replays, lower-right prefill attention, fused rounds).
+        plain = {} if graphs else {"chunk_attention": False, "fuse_rounds": False}
+        engine = StreamingEngine(net, policy, decode_graphs=graphs, **plain)
         engine.feed(prompt)
         if fill_to_room is not None:  # decode will cross a compression boundary soon
             room = engine.cache.room() or 0
@@ -227,8 +236,10 @@ def check(device: torch.device, args) -> dict:
 
 
 # -- prefill and decode ----------------------------------------------------------------------------
-def read(model, policy: CachePolicy, length: int, device: torch.device, graphs: bool | None = None):
-    engine = StreamingEngine(model, policy, decode_graphs=graphs)
+def read(
+    model, policy: CachePolicy, length: int, device: torch.device, graphs: bool | None = None, **options
+):  # noqa: E501
+    engine = StreamingEngine(model, policy, decode_graphs=graphs, **options)
     vocab = model.config.vocab_size
     if policy.kind == "hybrid":  # as qa does: the question first, pinned; it chooses the exact slots
         engine.feed(random_ids(24, vocab, 5), pin=True, question=True)
@@ -287,6 +298,12 @@ def streaming(model, shape: str, device: torch.device, args, base: dict) -> list
                 if length == args.lengths[0]:
                     _, eager = read(model, policy, length, device, graphs=False)
                     row["prefill_eager_tok_s"] = eager["tok_s"]
+                if device.type == "cuda" and length in (args.lengths[0], 131072):
+                    # What the previous version did: masked SDPA in prefill, rounds unfused.
+                    _, before = read(model, policy, length, device, chunk_attention=False, fuse_rounds=False)
+                    row["prefill_before_tok_s"] = before["tok_s"]
+                    row["compress_share_before"] = before["compress_share"]
+                    row["peak_gib_before"] = before["peak_gib"]
                 row.update(
                     kind=kind, shape=shape, **{k: v for k, v in base.items() if k.endswith("limit_tok_s")}
                 )
@@ -378,6 +395,9 @@ def main() -> None:
     args.dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False  # the rotary position matmul needs full float32
+    # The check's many small shapes would otherwise use up torch.compile's recompiles of the
+    # fused round steps before the 8B model comes (a process with one model needs two or three).
+    torch._dynamo.config.recompile_limit = 64
     OUT["machine"] = {
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "torch": torch.__version__,
