@@ -21,7 +21,8 @@ from rich.text import Text
 from ..documents import Document
 from ..models.device_map import gpu_memory
 from ..models.loading import LoadedModel
-from ..session.session import ReadProgress, Session
+from ..session.reading import ReadProgress
+from ..session.session import Session
 from ..sizes import format_bytes, format_count
 
 
@@ -215,6 +216,7 @@ def result_json(
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": gpu[1] if gpu is not None else None,
         "seconds": round(seconds, 3),
+        "timings": session.engine.timings.as_dict(),
         "pages": pages,
     }
     if session.quoted:

@@ -17,7 +17,8 @@ from ..memory.file_format import is_memory_file
 from ..memory.recall import answer_from_memory
 from ..memory.saved import load_session, save_session
 from ..models.loading import LoadedModel
-from ..session.session import ReadReport, Session
+from ..session.reading import ReadReport
+from ..session.session import Session
 from ..sizes import format_bytes, format_count
 from .conversation_log import log_exchange
 from .options import (

@@ -15,7 +15,8 @@ from pathlib import Path
 from ..documents import open_document
 from ..errors import FreqKVError
 from ..session.prompts import SUMMARIZE_REMINDER
-from ..session.session import ReadReport, Session
+from ..session.reading import ReadReport
+from ..session.session import Session
 from .store import Conversation, DocumentEntry
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import torch
 
@@ -25,32 +23,7 @@ from ..engine.streaming import GenerationResult, StreamingEngine
 from ..errors import ContextLimitError
 from ..models.loading import LoadedModel
 from .prompts import document_prompt, turn_template
-
-
-@dataclass
-class ReadReport:
-    """What reading one document did."""
-
-    name: str
-    pages: int  # pages (or text parts) that reached the model
-    tokens: int  # document tokens streamed into the model
-    tokens_total: int  # document tokens in all (more than ``tokens`` only if --ctx cut it)
-    seconds: float
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def truncated(self) -> bool:
-        return self.tokens < self.tokens_total
-
-
-@dataclass
-class ReadProgress:
-    """Passed to the progress callback after every forward call."""
-
-    pages_done: int
-    pages_total: int | None
-    chars_done: int
-    tokens_done: int  # tokens of this document streamed so far
+from .reading import DocumentFeed, ReadProgress, ReadReport
 
 
 class Session:
@@ -234,55 +207,15 @@ class Session:
             self.engine.feed(part, pin=pin, question=index == 1, should_stop=should_stop)
         self.turns += 1
 
-        state = ReadProgress(0, document.page_count, 0, 0)
-        counted = {"total": 0, "sent": 0}
-        # (tokens, chars, ends a page) of each block handed to the engine and not yet consumed:
-        # progress follows what the model has read, not what the tokenizer has produced.
-        queued: deque[list[int]] = deque()
-
-        def pieces() -> Iterator[list[int]]:
-            first = True
-            for page in document.pages():
-                text = page.text if first else "\n\n" + page.text
-                first = False
-                blocks = _blocks(text)
-                for index, block in enumerate(blocks):
-                    ids = self.encode(block)
-                    counted["total"] += len(ids)
-                    if budget is not None and counted["sent"] + len(ids) > budget:
-                        ids = ids[: max(0, budget - counted["sent"])]
-                    counted["sent"] += len(ids)
-                    self.document_ids.extend(ids)
-                    queued.append([len(ids), len(block), int(index == len(blocks) - 1)])
-                    if ids:
-                        yield ids
-                    else:
-                        progress(0)
-
-        def progress(consumed: int) -> None:
-            state.tokens_done += consumed
-            while queued and consumed >= queued[0][0]:
-                tokens, chars, ends_page = queued.popleft()
-                consumed -= tokens
-                state.chars_done += chars
-                state.pages_done += ends_page
-            if queued and consumed:  # inside a block: its characters counted pro rata, so that a
-                block = queued[0]  # one-block text moves too and the time left can show
-                share = block[1] * consumed // block[0]
-                block[0] -= consumed
-                block[1] -= share
-                state.chars_done += share
-            if on_progress is not None:
-                on_progress(state)
-
+        feed = DocumentFeed(document, self.encode, self.document_ids, budget, on_progress)
         first_id = len(self.document_ids)
-        self.engine.feed(pieces(), on_progress=progress, should_stop=should_stop)
+        self.engine.feed(feed.blocks(), on_progress=feed.consumed, should_stop=should_stop)
         self.documents.append(
             {
                 "name": document.name,
                 "pages": document.page_count,
                 "sha256": document.sha256,
-                "tokens": counted["sent"],
+                "tokens": feed.sent,
                 "first": first_id,
             }
         )
@@ -291,9 +224,9 @@ class Session:
             self.finish_document(task, question, reread=reread, should_stop=should_stop)
         return ReadReport(
             name=document.name,
-            pages=state.pages_done,
-            tokens=counted["sent"],
-            tokens_total=counted["total"],
+            pages=feed.progress.pages_done,
+            tokens=feed.sent,
+            tokens_total=feed.total,
             seconds=time.perf_counter() - started,
             warnings=list(document.warnings),
         )
@@ -372,23 +305,6 @@ def _around(text: str, question: str | None) -> list[str]:
         at -= 1
         question = " " + question
     return [text[:at], question, text[at + len(question) :]]
-
-
-def _blocks(text: str, size: int = 16384) -> list[str]:
-    """Split text at line breaks into blocks of about ``size`` characters, for steady progress.
-
-    Cutting just before a newline keeps the tokenization of byte-level BPEs (whose
-    pre-tokenizers split before whitespace runs anyway) practically unchanged.
-    """
-    blocks: list[str] = []
-    start = 0
-    while len(text) - start > size:
-        cut = text.rfind("\n", start + size // 2, start + size)
-        cut = cut if cut > start else start + size
-        blocks.append(text[start:cut])
-        start = cut
-    blocks.append(text[start:])
-    return blocks
 
 
 def _stop_ids(loaded: LoadedModel) -> list[int]:
