@@ -20,8 +20,6 @@ The CLI's chat answers through :meth:`Chat.reply`.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .session.threaded import threaded_pieces
 from .sizes import parse_size
 
 # What load() takes; the other keyword arguments of summarize() and ask() are for answering.
@@ -203,33 +202,7 @@ def _streamed(session: Any, answering: Answering) -> Iterator[str]:
             should_stop=should_stop,
         )
 
-    return _pieces(produce)
-
-
-def _pieces(produce: Callable[[Callable[[str], None], Callable[[], bool]], object]) -> Iterator[str]:
-    """What ``produce(on_text, should_stop)`` hands ``on_text``, as an iterator: it runs in a
-    thread once iteration starts; leaving the loop early (break, close) stops it at the next
-    token; its exception is raised in the loop."""
-    pieces: queue.Queue[str | BaseException | None] = queue.Queue()
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            produce(pieces.put, stop.is_set)
-        except BaseException as exc:  # handed to the reader
-            pieces.put(exc)
-        pieces.put(None)
-
-    worker = threading.Thread(target=work, name="freqkv-generate", daemon=True)
-    worker.start()
-    try:
-        while (piece := pieces.get()) is not None:
-            if isinstance(piece, BaseException):
-                raise piece
-            yield piece
-    finally:
-        stop.set()
-        worker.join()
+    return threaded_pieces(produce)
 
 
 class Chat:
@@ -291,7 +264,7 @@ class Chat:
         """The answer to ``text`` (``stream``: an iterator of its pieces)."""
         if not stream:
             return self.reply(text).text
-        return _pieces(lambda on_text, stop: self.reply(text, on_text=on_text, should_stop=stop))
+        return threaded_pieces(lambda on_text, stop: self.reply(text, on_text=on_text, should_stop=stop))
 
     def reply(
         self,
