@@ -55,3 +55,26 @@ def test_fused_rounds_equal_the_rounds_they_replace(family: str, kind: str) -> N
         for layer in range(model.config.num_hidden_layers):
             for a, b in zip(plain.cache.entries(layer), fused.cache.entries(layer), strict=True):
                 torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_float16_product_of_scaled_columns_stays_within_its_rounding(family: str) -> None:
+    # What CUDA runs for 16-bit caches: each column scaled to its largest magnitude, float16,
+    # float32 accumulation. Keys scaled up 1e5 would overflow float16 unscaled (max 65504).
+    model = tiny_model(family)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.k_proj.weight.mul_(1e5)
+            layer.self_attn.q_proj.weight.mul_(1e-5)
+    ids = torch.randint(0, 211, (150,), generator=torch.Generator().manual_seed(6)).tolist()
+    policy = CachePolicy(kind="freqkv", window=32, sink=2, recent=4)
+    plain = StreamingEngine(model, policy, max_chunk=7, fuse_rounds=False)
+    half = StreamingEngine(model, policy, max_chunk=7, fuse_rounds=True)
+    half.cache.rounds.half = True
+    want, got = plain.score(ids), half.score(ids)
+    assert half.stats().compressions >= 3 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=0, atol=5e-3)
+    keys = [half.cache.entries(layer)[0] for layer in range(model.config.num_hidden_layers)]
+    for layer, got_keys in enumerate(keys):
+        want_keys = plain.cache.entries(layer)[0]
+        error = (got_keys - want_keys).abs().max() / want_keys.abs().max()
+        assert 0 < error < 2e-3  # float16's 2^-11, a few times over: the path ran, and it is close

@@ -98,15 +98,17 @@ def lowpass_fft(x: torch.Tensor, kept: int, dim: int = -2) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def lowpass_matrix(n: int, kept: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The ``kept x n`` float32 matrix of the operator, built once per (n, kept, device)."""
+def lowpass_matrix(
+    n: int, kept: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The ``kept x n`` matrix of the operator in ``dtype``, built once per (n, kept, device, dtype)."""
     _check_lengths(n, kept)
     with torch.inference_mode(False), torch.no_grad():  # an ordinary tensor, see _twiddles
         eye = torch.eye(n, dtype=torch.float64)
         # Columns of the operator are the images of the unit vectors; float64 for an exact basis.
         coeffs = dct_ortho(eye, dim=0)[:kept]
         matrix = idct_ortho(coeffs, dim=0) * math.sqrt(kept / n)
-        return matrix.to(device=device, dtype=torch.float32)
+        return matrix.to(device=device, dtype=dtype)
 
 
 def lowpass_matmul(x: torch.Tensor, kept: int, dim: int = -2, tf32: bool = False) -> torch.Tensor:
