@@ -77,6 +77,7 @@ FAMILY_BASE = dict(
 )  # fmt: skip
 
 OUT: dict = {}
+SAVE = [lambda: None]  # writes OUT where --out says
 
 
 STARTED = time.perf_counter()
@@ -314,6 +315,8 @@ def streaming(model, shape: str, device: torch.device, args, base: dict) -> list
                     + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
                 )
                 rows.append(row)
+                OUT[f"streaming/{shape}"] = rows  # kept as it grows: a run cut short keeps its rows
+                SAVE[0]()
                 del engine
             except torch.OutOfMemoryError as exc:
                 log(f"{shape} {kind} {length}: out of memory ({exc})")
@@ -416,6 +419,8 @@ def main() -> None:
     def save() -> None:
         if args.out:
             args.out.write_text(json.dumps(OUT, indent=1, default=str))
+
+    SAVE[0] = save
 
     def section(name: str, fn) -> None:
         try:

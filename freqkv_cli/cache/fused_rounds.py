@@ -1,19 +1,21 @@
-"""FreqKV and sink rounds with their elementwise work fused (torch.compile on CUDA).
+"""FreqKV and sink rounds as three steps a group of layers, the product in float16 on CUDA.
 
 The arithmetic of :func:`.compress_round.compress_round`, in three steps a stacked group of
 layers:
 
 1. ``unrotated_span``: the span's keys un-rotated, stacked with its values in float32, laid out
-   ``(n, everything)`` for the product: one kernel where the eager round makes a dozen float32
-   passes over the group (an 8B model's group of 4 layers holds 0.5 GiB of span);
+   ``(n, everything)`` for the product: one kernel when compiled (``FREQKV_COMPILE=1``), where
+   the eager round makes a dozen float32 passes over the group (an 8B model's group of 4 layers
+   holds 0.5 GiB of span);
 2. the low-pass as one ``(kept x n) @ (n x everything)`` product. For 16-bit caches on CUDA
    in float16 with float32 accumulation, each column scaled by its largest magnitude first (the
    operator is linear along positions, so scaling a column commutes with it; no overflow
-   whatever the keys): float16 keeps TF32's 10-bit mantissa, and its product ran 5x faster
-   than the TF32 one on an H200 (a TF32 kernel for sm80 at 112 TFLOP/s, 39 of 326 ms per 8k
-   tokens an 8B model read). Elsewhere float32 (TF32 for 16-bit caches), as the eager round;
+   whatever the keys): float16 keeps TF32's 10-bit mantissa at the tensor cores' 16-bit rate,
+   where the TF32 product took 39 of 326 ms per 8k tokens an 8B model read on an H200 (a
+   kernel built for sm80, 112 TFLOP/s). Elsewhere float32 (TF32 for 16-bit caches), as the
+   eager round;
 3. ``rotated_back``: the low-passed keys rotated to their new slots and the recent entries moved
-   down, in the cache's dtype: one kernel again.
+   down, in the cache's dtype: one kernel again when compiled.
 
 cos and sin come from the model's rotary module outside the fused steps, so its position
 product keeps full float32 (TF32 is allowed only around the low-pass product).
@@ -113,10 +115,10 @@ def rotated_back(
 class FusedSpanRounds(SpanRounds):
     """:class:`.rounds.SpanRounds` with each group's round as the three steps above.
 
-    ``compile``: fuse the two elementwise steps with torch.compile (CUDA only; elsewhere, and
-    where compiling fails, they run as written, which is the same arithmetic)."""
+    ``compile``: fuse the two elementwise steps with torch.compile (CUDA only; elsewhere, where
+    compiling fails and by default, they run as written, which is the same arithmetic)."""
 
-    compile: bool = True
+    compile: bool = False
     half: bool | None = None  # the float16 product; None: on CUDA for 16-bit caches
 
     def _run(self, function: Callable, device: torch.device, *args: object) -> object:

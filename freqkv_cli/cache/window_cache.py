@@ -52,7 +52,8 @@ class WindowedCache(Cache):
     ``selector``: the hybrid's way of choosing exact slots (default: the one the policy names).
     ``buffers``: where the windows' slots live, shared by the caches an engine makes in turn.
     ``round_graphs``: replays FreqKV and sink rounds over those slots (CUDA).
-    ``fused_rounds``: FreqKV and sink rounds as :mod:`.fused_rounds` does them.
+    ``fused_rounds``: FreqKV and sink rounds as :mod:`.fused_rounds` does them (``compiled_rounds``:
+    through torch.compile).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class WindowedCache(Cache):
         buffers: SlotBuffers | None = None,
         round_graphs: RoundGraphs | None = None,
         fused_rounds: bool = False,
+        compiled_rounds: bool = False,
     ) -> None:
         if policy.kind == "full":
             layers: list[WindowLayer] = [GrowingLayer() for _ in range(num_layers)]
@@ -79,8 +81,12 @@ class WindowedCache(Cache):
             self.selector = selector if selector is not None else make_selector(policy, rotary_emb)
             self.rounds = HybridRounds(self.rotation, lowpass_method, selector=self.selector)
         elif policy.kind != "full":
-            rounds = FusedSpanRounds if fused_rounds else SpanRounds
-            self.rounds = rounds(self.rotation, lowpass_method, kind=policy.kind)
+            if fused_rounds:
+                self.rounds = FusedSpanRounds(
+                    self.rotation, lowpass_method, kind=policy.kind, compile=compiled_rounds
+                )
+            else:
+                self.rounds = SpanRounds(self.rotation, lowpass_method, kind=policy.kind)
         self.round_graphs = round_graphs
         self.pinned = 0
         self.tokens_seen = 0

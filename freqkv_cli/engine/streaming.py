@@ -106,6 +106,7 @@ class StreamingEngine:
             buffers=self.replays.buffers,
             round_graphs=self.replays.rounds,
             fused_rounds=self.replays.fused_rounds,
+            compiled_rounds=self.replays.compiled,
         )
         self._last_hidden: torch.Tensor | None = None
         self._pending: list[int] = []
