@@ -330,9 +330,11 @@ _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 def _internal_error(exc: BaseException, debug: bool) -> int:
     if is_out_of_memory(exc):
         if "cuda" in str(exc).lower() or "mps" in str(exc).lower():
+            # bf16 is already the default on CUDA: what frees memory is fewer weight bytes, weights
+            # elsewhere, or a smaller window.
             message = (
-                "the GPU ran out of memory: try a smaller --window (e.g. half), --dtype bfloat16, "
-                "or --device cpu"
+                "the GPU ran out of memory: try --quantize int4 (or int8), --device-map auto, "
+                "a smaller --window (e.g. half), or --device cpu"
             )
         else:
             message = "out of memory: try a smaller --window or a smaller model"
