@@ -103,7 +103,8 @@ def quantized_linear(linear: nn.Linear, kind: str, device: torch.device) -> nn.M
             threshold=INT8_THRESHOLD,
             device="meta",
         )
-        new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
+        # Int8Params quantizes only on a move from the CPU: from a GPU tensor it stayed 16-bit.
+        new.weight = bnb.nn.Int8Params(weight.cpu(), requires_grad=False, has_fp16_weights=False).to(device)
     return new
 
 

@@ -182,7 +182,7 @@ def compare(
         saved = engine.state()
         logits = [engine.next_logits()[0]]
         for token in forced:
-            logits.append(engine._advance(token).clone())
+            logits.append(engine.advance(token).clone())
         rounds = engine.stats().compressions
         engine.load_state(saved)
         greedy = engine.generate(len(forced), Sampler(), stop_token_ids=()).token_ids

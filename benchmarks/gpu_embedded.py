@@ -86,7 +86,7 @@ def greedy(args: argparse.Namespace) -> dict:
             logits = [engine.next_logits()[0]]
             forced = runs["plain"][0] if runs else tokens
             for token in forced:
-                logits.append(engine._advance(token).clone())
+                logits.append(engine.advance(token).clone())
             runs[name] = (tokens, torch.stack(logits), rounds)
         (want, want_logits, rounds), (got, got_logits, rounds_gpu) = runs["plain"], runs["gpu"]
         same = next((i for i, (a, b) in enumerate(zip(want, got, strict=True)) if a != b), len(want))

@@ -34,7 +34,7 @@ def teacher_forced(engine: StreamingEngine, ids: list[int], forced: list[int]) -
     so a near tie cannot send them apart)."""
     logits = [engine.feed(ids)[0]]
     for token in forced:
-        logits.append(engine._advance(token).clone())
+        logits.append(engine.advance(token).clone())
     return logits
 
 

@@ -404,6 +404,14 @@ class StreamingEngine:
             on_text(text[len(emitted) :])
         return GenerationResult(token_ids=generated, text=text, stop_reason=reason)
 
+    @torch.inference_mode()
+    def advance(self, token: int) -> torch.Tensor:
+        """Read one token into the cache as decoding does (the replayed step where there is one);
+        returns the next token's ``(vocab,)`` float32 logits. Teacher-forced decoding: the same
+        tokens through two engines, whatever either would have sampled."""
+        self._flush_pending()
+        return self._advance(token)
+
     def _advance(self, token: int) -> torch.Tensor:
         """Read one generated token into the cache; returns the next token's ``(vocab,)`` logits."""
         if self.replays.decoder is None or not self.replays.decoder.accepts(self.cache):
