@@ -108,12 +108,12 @@ def load_adapter(
     path: Path, base: str | None, target: torch.device, common: dict, plan: LoadPlan | None = None
 ) -> LoadedModel:
     """A LoRA adapter folder merged into its base (``--base``, else the one it names)."""
-    from .loading import _finish, _one_line, load_model, log
+    from .loading import load_model, log, one_line, placed
 
     try:
         adapter_config = json.loads((path / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise ModelError(f"'{path / 'adapter_config.json'}' cannot be read: {_one_line(exc)}") from None
+        raise ModelError(f"'{path / 'adapter_config.json'}' cannot be read: {one_line(exc)}") from None
     if not isinstance(adapter_config, dict):
         raise ModelError(f"'{path / 'adapter_config.json'}' must hold a JSON object")
     base_spec = base or adapter_config.get("base_model_name_or_path")
@@ -142,4 +142,4 @@ def load_adapter(
             path,
             SETTINGS_FILE,
         )
-    return LoadedModel(_finish(model, target, plan), loaded.tokenizer, str(path), loaded.family, settings)
+    return LoadedModel(placed(model, target, plan), loaded.tokenizer, str(path), loaded.family, settings)

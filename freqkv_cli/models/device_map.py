@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from .held import held_tensors
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 # What a device-map entry may name: a GPU index, cuda:N, cpu, mps, or disk (offloaded weights).
@@ -128,7 +129,6 @@ def _bytes(match: re.Match) -> int:
 def devices_of(model: torch.nn.Module) -> dict[str, int]:
     """Weight bytes per device the model computes on (``cpu``, ``cuda:0``, ``disk``), in place order,
     quantized weights' scales included."""
-    from .quantize import held_tensors
 
     mapping = getattr(model, "hf_device_map", None)
     found: dict[str, int] = {}

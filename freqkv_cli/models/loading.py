@@ -130,7 +130,7 @@ def _with_heads(loaded: LoadedModel, folder: Path | None) -> LoadedModel:
     return loaded
 
 
-def _finish(model: PreTrainedModel, target: torch.device, plan: LoadPlan | None = None) -> PreTrainedModel:
+def placed(model: PreTrainedModel, target: torch.device, plan: LoadPlan | None = None) -> PreTrainedModel:
     model.eval()
     model.requires_grad_(False)
     if plan is not None and not plan.plain:  # placed by from_pretrained; .to() would undo the map
@@ -153,7 +153,7 @@ def _load_folder(
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=common["trust_remote_code"])
     except Exception as exc:
-        raise ModelError(f"'{folder}': config.json cannot be read: {_one_line(exc)}") from None
+        raise ModelError(f"'{folder}': config.json cannot be read: {one_line(exc)}") from None
     family = check_family(config, str(folder))
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=common["trust_remote_code"])
@@ -161,7 +161,7 @@ def _load_folder(
         if is_out_of_memory(exc):
             raise
         raise ModelError(
-            f"'{folder}' has no usable tokenizer (tokenizer.json or tokenizer.model): {_one_line(exc)}"
+            f"'{folder}' has no usable tokenizer (tokenizer.json or tokenizer.model): {one_line(exc)}"
         ) from None
     for weights in sorted(folder.glob("*.safetensors")):
         check_safetensors(weights)  # cut short, empty or garbage: say so, not SafetensorError
@@ -172,7 +172,7 @@ def _load_folder(
         if model is None:
             model = _from_pretrained(folder, {**common, **plan.kwargs()})
             plan.keep(folder, model, tokenizer)
-    return LoadedModel(_finish(model, target, plan), tokenizer, name, family, read_settings(folder))
+    return LoadedModel(placed(model, target, plan), tokenizer, name, family, read_settings(folder))
 
 
 def _load_gguf(path: Path, target: torch.device, common: dict, plan: LoadPlan | None = None) -> LoadedModel:
@@ -184,7 +184,7 @@ def _load_gguf(path: Path, target: torch.device, common: dict, plan: LoadPlan | 
         model = plan.load_from(kept, lambda copy, kw: _from_pretrained(copy, {**common, **kw}))
         tokenizer = AutoTokenizer.from_pretrained(kept)
         family = check_family(config, str(path))
-        return LoadedModel(_finish(model, target, plan), tokenizer, str(path), family, read_settings(folder))
+        return LoadedModel(placed(model, target, plan), tokenizer, str(path), family, read_settings(folder))
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=file)
         family = check_family(config, str(path))
@@ -196,7 +196,7 @@ def _load_gguf(path: Path, target: torch.device, common: dict, plan: LoadPlan | 
         raise
     except ImportError as exc:
         raise ModelError(
-            f"reading GGUF files needs the 'gguf' package (pip install gguf): {_one_line(exc)}"
+            f"reading GGUF files needs the 'gguf' package (pip install gguf): {one_line(exc)}"
         ) from None
     except Exception as exc:
         if is_out_of_memory(exc):
@@ -206,7 +206,7 @@ def _load_gguf(path: Path, target: torch.device, common: dict, plan: LoadPlan | 
     if plan is not None and not plan.plain:
         model = plan.place(model, common)
         plan.keep(path, model, tokenizer)
-    return LoadedModel(_finish(model, target, plan), tokenizer, str(path), family, read_settings(folder))
+    return LoadedModel(placed(model, target, plan), tokenizer, str(path), family, read_settings(folder))
 
 
 def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
@@ -268,7 +268,7 @@ def check_home_writable(folder: Path | None = None) -> None:
     except OSError as exc:
         raise ModelError(
             f"the default model is converted once into '{target}', which cannot be written "
-            f"({_one_line(exc)}): set FREQKV_HOME to a writable folder"
+            f"({one_line(exc)}): set FREQKV_HOME to a writable folder"
         ) from None
 
 
@@ -324,7 +324,7 @@ def _converting(folder: Path) -> Iterator[None]:
         locks.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelError(
-            f"cannot write '{locks}' ({_one_line(exc)}): set FREQKV_HOME to a writable folder"
+            f"cannot write '{locks}' ({one_line(exc)}): set FREQKV_HOME to a writable folder"
         ) from None
     lock = FileLock(str(locks / f"{folder.name}.lock"))
     try:
@@ -335,7 +335,7 @@ def _converting(folder: Path) -> Iterator[None]:
             lock.acquire()
     except OSError as exc:
         raise ModelError(
-            f"cannot lock '{folder.parent}' for the conversion ({_one_line(exc)}): "
+            f"cannot lock '{folder.parent}' for the conversion ({one_line(exc)}): "
             "set FREQKV_HOME to a writable folder"
         ) from None
     try:
@@ -355,7 +355,7 @@ def _save_atomically(
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     except OSError as exc:
         raise ModelError(
-            f"cannot write the converted default model under '{folder.parent}' ({_one_line(exc)}): "
+            f"cannot write the converted default model under '{folder.parent}' ({one_line(exc)}): "
             "set FREQKV_HOME to a writable folder"
         ) from None
     try:
@@ -378,7 +378,7 @@ def _save_atomically(
                 raise
     except OSError as exc:
         raise ModelError(
-            f"cannot write the converted default model to '{folder}' ({_one_line(exc)}): "
+            f"cannot write the converted default model to '{folder}' ({one_line(exc)}): "
             "free some space, or set FREQKV_HOME to another folder"
         ) from None
     finally:
@@ -389,6 +389,6 @@ def _is_converted(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
