@@ -397,7 +397,7 @@ def build_adapter(folder: Path, base: str | None) -> Adapter:
                 module.lora_B["default"].weight.copy_(b)
                 lora[name.removeprefix("base_model.model.")] = (a.clone(), b.clone())
     assert len(lora) == 2 * len(TARGETS)  # 2 layers
-    peft_model.save_pretrained(folder)
+    peft_model.save_pretrained(folder, save_embedding_layers=False)  # no hub lookup
     config_path = folder / "adapter_config.json"
     adapter_config = json.loads(config_path.read_text())
     adapter_config["base_model_name_or_path"] = base

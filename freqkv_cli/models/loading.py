@@ -68,6 +68,7 @@ def load_model(
     ``quantize`` (int8, int4), ``device_map`` (auto, balanced, sequential, a JSON file) and
     ``max_memory`` (``0=20GiB,cpu=64GiB``): see :mod:`.placing`.
     """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a library caller too: never reach a hub
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     plan = LoadPlan.make(target, torch_dtype, quantize, device_map, max_memory)

@@ -236,7 +236,8 @@ class Finetuner:
         from safetensors.torch import save_file
 
         def write(staging: Path) -> None:
-            lora = get_peft_model_state_dict(self.model)
+            # Embeddings are never adapted here: "auto" would look the base up on a hub to decide.
+            lora = get_peft_model_state_dict(self.model, save_embedding_layers=False)
             lora = {k: v.detach().cpu().contiguous() for k, v in lora.items()}
             save_file(lora, str(staging / "adapter_model.safetensors"))
             save_file(self._extra_trainables(), str(staging / TRAINABLE_FILE))
@@ -349,7 +350,7 @@ class Finetuner:
         try:
             checkpoints.remove_tree(staging)
             staging.mkdir(parents=True)
-            self.model.save_pretrained(str(staging))
+            self.model.save_pretrained(str(staging), save_embedding_layers=False)  # as above
             save_file(self._extra_trainables(), str(staging / TRAINABLE_FILE))
             settings.write(staging)
             (staging / LOG_FILE).write_text(json.dumps({"loss": [round(x, 5) for x in self.losses]}) + "\n")
