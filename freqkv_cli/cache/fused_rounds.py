@@ -33,7 +33,7 @@ import torch
 from .dct import lowpass_matmul, lowpass_matrix
 from .layers import WindowLayer
 from .policy import CachePolicy
-from .rotary import rotate_half
+from .rotary import rotated, unrotated
 from .rounds import SpanRounds, allows_tf32, device_groups
 
 logger = logging.getLogger(__name__)
@@ -45,15 +45,14 @@ def unrotated_span(
     values: list[torch.Tensor],
     cos: torch.Tensor,
     sin: torch.Tensor,
-    inverse: float,
+    scaling: float,
     half: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``keys``/``values``: a group's ``G`` layers' span ``(B, H, n, D)`` (rotated keys); ``cos``/``sin``
-    ``(1, 1, n, D)`` at the old positions, carrying the rotary scaling ``s`` (``inverse = 1/s^2``).
+    ``(1, 1, n, D)`` at the old positions, carrying the rotary ``scaling``.
     Returns ``(n, 2G, B, H, D)``: un-rotated keys, then values; float32 and None, or with ``half``
     float16 of each column divided by its largest magnitude, and those ``(1, 2G, B, H, D)``."""
-    k = torch.stack(keys).float()
-    k = (k * cos - rotate_half(k) * sin) * inverse
+    k = unrotated(torch.stack(keys).float(), cos, sin, scaling)
     both = torch.cat([k, torch.stack(values).float()]).movedim(-2, 0)
     if not half:
         return both.contiguous(), None
@@ -81,7 +80,7 @@ def rotated_back(
     recent_keys: list[torch.Tensor],
     recent_values: list[torch.Tensor],
     moves: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None,
-    inverse: float,
+    scaling: float,
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What follows the head after the round, stacked ``(G, B, H, kept + r, D)`` in ``dtype``.
@@ -98,15 +97,13 @@ def rotated_back(
             low = low * scale
         low = low.movedim(0, -2)
         count = low.shape[0] // 2
-        k = low[:count]
-        keys.append(k * cos_new + rotate_half(k) * sin_new)
+        keys.append(rotated(low[:count], cos_new, sin_new))
         values.append(low[count:])
     if recent_keys:
         assert moves is not None
         cos_old, sin_old, cos_to, sin_to = moves
-        r = torch.stack(recent_keys).float()
-        r = (r * cos_old - rotate_half(r) * sin_old) * inverse
-        keys.append(r * cos_to + rotate_half(r) * sin_to)
+        r = unrotated(torch.stack(recent_keys).float(), cos_old, sin_old, scaling)
+        keys.append(rotated(r, cos_to, sin_to))
         values.append(torch.stack(recent_values).float())
     return torch.cat(keys, dim=-2).to(dtype), torch.cat(values, dim=-2).to(dtype)
 
@@ -147,7 +144,7 @@ class FusedSpanRounds(SpanRounds):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         span, kept, window = policy.span(head), policy.kept(head), policy.window
         device, dtype = part[0].keys.device, part[0].keys.dtype
-        inverse = 1.0 / (self.rotation.scaling * self.rotation.scaling)
+        scaling = self.rotation.scaling
 
         def cos_sin(start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
             return self.rotation.cos_sin(torch.arange(start, start + count, device=device))
@@ -157,14 +154,15 @@ class FusedSpanRounds(SpanRounds):
             span_keys = [layer.keys[:, :, head : head + span] for layer in part]
             span_values = [layer.values[:, :, head : head + span] for layer in part]
             cos, sin = cos_sin(head, span)
-            half = allows_tf32(part) and device.type == "cuda" if self.half is None else self.half
+            sixteen_bit = allows_tf32(part)
+            half = sixteen_bit and device.type == "cuda" if self.half is None else self.half
             prepared, scale = self._run(
-                unrotated_span, device, span_keys, span_values, cos, sin, inverse, half
+                unrotated_span, device, span_keys, span_values, cos, sin, scaling, half
             )
             if half:
                 low = half_product(lowpass_matrix(span, kept, device, torch.float16), prepared)
             else:
-                low = lowpass_matmul(prepared, kept, dim=0, tf32=allows_tf32(part))
+                low = lowpass_matmul(prepared, kept, dim=0, tf32=sixteen_bit)
             cos_new, sin_new = cos_sin(head, kept)
             moved_from, moved_to = head + span, head + kept
         else:
@@ -174,4 +172,4 @@ class FusedSpanRounds(SpanRounds):
         recent_values = [layer.values[:, :, moved_from:window] for layer in part] if count > 0 else []
         moves = (*cos_sin(moved_from, count), *cos_sin(moved_to, count)) if count > 0 else None
         recent = (recent_keys, recent_values, moves)
-        return self._run(rotated_back, device, low, scale, cos_new, sin_new, *recent, inverse, dtype)
+        return self._run(rotated_back, device, low, scale, cos_new, sin_new, *recent, scaling, dtype)

@@ -16,6 +16,17 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` rotated by ``cos``/``sin`` (as the model's rotary module gives them, scaling included)."""
+    return x * cos + rotate_half(x) * sin
+
+
+def unrotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The inverse of :func:`rotated`: cos/sin carry the scaling s, so rotated(x) = s * R(p) x and
+    its inverse is R(-p) x / s^2 applied to it."""
+    return (x * cos - rotate_half(x) * sin) / (scaling * scaling)
+
+
 class KeyRotation:
     """Rotate / un-rotate keys of shape ``(batch, heads, seq, head_dim)`` at given positions.
 
@@ -41,13 +52,11 @@ class KeyRotation:
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         cos, sin = self.cos_sin(positions)
         cos, sin = cos.to(x.device), sin.to(x.device)  # a device map's hook may compute them elsewhere
-        return x * cos + rotate_half(x) * sin
+        return rotated(x, cos, sin)
 
     def unrotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # cos/sin carry the scaling s, so rotate(x) = s * R(p) x and its inverse is R(-p) x / s.
         cos, sin = self.cos_sin(positions)
-        cos, sin = cos.to(x.device), sin.to(x.device)
-        return (x * cos - rotate_half(x) * sin) / (self.scaling * self.scaling)
+        return unrotated(x, cos.to(x.device), sin.to(x.device), self.scaling)
 
     def shift(self, x: torch.Tensor, old_start: int, new_start: int) -> torch.Tensor:
         """Move keys from positions ``old_start + i`` to ``new_start + i``."""

@@ -24,7 +24,7 @@ from ..cache.buffers import SlotBuffers
 from ..cache.graph_capture import capture
 from ..cache.window_cache import WindowedCache
 from . import slot_attention
-from .attention_kernels import attention_kernels
+from .attention_kernels import attention_kernels, attention_named
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +137,7 @@ class GraphDecoder:
 
     def _forward(self, token: torch.Tensor, position: torch.Tensor, slots: torch.Tensor, writer: SlotWriter):
         mask = (slots <= position).view(1, 1, 1, -1)  # (1, 1, 1, N) True = attend
-        config = self.model.config
-        previous, config._attn_implementation = config._attn_implementation, slot_attention.NAME
-        try:  # the layers look their attention up by this name on every call
+        with attention_named(self.model.config, slot_attention.NAME):
             out = self.model.model(
                 input_ids=token,
                 position_ids=position,
@@ -147,8 +145,6 @@ class GraphDecoder:
                 past_key_values=writer,
                 use_cache=True,
             )
-        finally:
-            config._attn_implementation = previous
         hidden = out.last_hidden_state
         return hidden, self.model.lm_head(hidden[:, -1]).float()
 

@@ -48,9 +48,10 @@ class Replays:
         7.7 ms a token; 12 s for the fused rounds' two steps, docs/BENCHMARKS.md section 9)."""
         buffers = SlotBuffers()
         compiled = os.environ.get("FREQKV_COMPILE", "0") == "1" if compile_decode is None else compile_decode
+        suits = GraphDecoder.suits(model)
         if fuse_rounds is None:
-            fuse_rounds = os.environ.get("FREQKV_FUSE_ROUNDS", "1") == "1" and GraphDecoder.suits(model)
-        if not (GraphDecoder.suits(model) if graphs is None else graphs):
+            fuse_rounds = os.environ.get("FREQKV_FUSE_ROUNDS", "1") == "1" and suits
+        if not (suits if graphs is None else graphs):
             return cls(buffers, fused_rounds=fuse_rounds, compiled=compiled)
         small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL
         return cls(
