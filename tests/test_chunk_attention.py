@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from conftest import tiny_model
 
 from freqkv_cli.cache.fused_rounds import FusedSpanRounds
 from freqkv_cli.cache.policy import CachePolicy
+from freqkv_cli.engine.chunk_attention import chunk_attention
+from freqkv_cli.engine.slot_attention import slot_attention
 from freqkv_cli.engine.streaming import StreamingEngine
+from freqkv_cli.training.grouped_attention import grouped_attention
 
 POLICY = CachePolicy(kind="freqkv", window=32, sink=2, recent=4)
 
@@ -78,3 +83,12 @@ def test_float16_product_of_scaled_columns_stays_within_its_rounding(family: str
         want_keys = plain.cache.entries(layer)[0]
         error = (got_keys - want_keys).abs().max() / want_keys.abs().max()
         assert 0 < error < 2e-3  # float16's 2^-11, a few times over: the path ran, and it is close
+
+
+@pytest.mark.parametrize("function", [chunk_attention, slot_attention, grouped_attention])
+def test_attention_functions_take_transformers_argument_order(function: object) -> None:
+    """Wrappers such as kvpress's call an attention function positionally, dropout sixth."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    names = list(inspect.signature(sdpa_attention_forward).parameters)[:7]
+    assert list(inspect.signature(function).parameters)[:7] == names

@@ -237,6 +237,33 @@ def test_presses_run_through_kvpress_pipeline_at_freqkv_window(
     assert calls[0]["answer_prefix"] == sample.answer_prefix and sample.question in calls[0]["question"]
 
 
+def test_attention_layers_are_handed_the_positions_kvpress_reads(loaded: LoadedModel) -> None:
+    """kvpress 0.5 reads ``cache_position`` in its hooks; transformers 5.3+ no longer passes it."""
+    from transformers import DynamicCache
+
+    seen: list[list[int]] = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if module.layer_idx == 0:
+            seen.append(kwargs["cache_position"].tolist())
+
+    layers = loaded.model.model.layers
+    hooks = [layer.self_attn.register_forward_hook(record, with_kwargs=True) for layer in layers]
+    try:
+        with presses.cache_positions_given(loaded.model), torch.no_grad():
+            cache = DynamicCache()
+            loaded.model(torch.tensor([[5, 6, 7, 8, 9]]), past_key_values=cache)
+            loaded.model(torch.tensor([[10]]), past_key_values=cache)
+            loaded.model(
+                torch.tensor([[11, 12]]), past_key_values=cache, position_ids=torch.tensor([[40, 41]])
+            )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == [[0, 1, 2, 3, 4], [5], [40, 41]]
+    assert not loaded.model.model.layers[0].self_attn._forward_pre_hooks
+
+
 def test_the_figure_is_drawn(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from freqkv_cli.evaluation.ruler.plot import plot_ruler

@@ -23,8 +23,8 @@ def chunk_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
     dropout: float = 0.0,
+    scaling: float | None = None,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """``query`` ``(B, Hq, T, D)``; ``key``/``value`` ``(B, Hkv, S, D)`` with ``S >= T``, the chunk's

@@ -29,8 +29,8 @@ def slot_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
     dropout: float = 0.0,
+    scaling: float | None = None,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """``query`` ``(B, Hq, 1, D)``; ``key``/``value`` ``(B, Hkv, N, D)``; ``attention_mask``

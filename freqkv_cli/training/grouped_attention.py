@@ -147,8 +147,8 @@ def grouped_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
     dropout: float = 0.0,
+    scaling: float | None = None,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """A transformers attention function. ``query`` ``(B, H, T, D)``, ``key``/``value`` ``(B, Hkv, T, D)``,

@@ -11,8 +11,12 @@ what the windowed policies hold. Rows are named ``kvpress:NAME``.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
+
+import torch
 
 from ...errors import UsageError
 from .run import RulerResult
@@ -63,7 +67,7 @@ class PressRunner:
         module = kvpress_module()
         from transformers import pipeline
 
-        self.module, self.window, self.tokenizer = module, window, tokenizer
+        self.module, self.window, self.model, self.tokenizer = module, window, model, tokenizer
         # Importing kvpress registers the task with transformers.
         self.pipe = pipeline("kv-press-text-generation", model=model, tokenizer=tokenizer)
 
@@ -74,13 +78,14 @@ class PressRunner:
         tokens = len(self.tokenizer(context, add_special_tokens=False)["input_ids"])
         ratio = max(0.0, 1.0 - self.window / max(tokens, 1))
         press = getattr(self.module, PRESSES[name])(compression_ratio=ratio)
-        output = self.pipe(
-            context,
-            question="\n" + sample.question,
-            answer_prefix=sample.answer_prefix,
-            press=press,
-            max_new_tokens=sample.max_new_tokens,
-        )["answer"]
+        with cache_positions_given(self.model):
+            output = self.pipe(
+                context,
+                question="\n" + sample.question,
+                answer_prefix=sample.answer_prefix,
+                press=press,
+                max_new_tokens=sample.max_new_tokens,
+            )["answer"]
         return RulerResult(
             task=sample.task,
             cache=f"kvpress:{name}",
@@ -92,3 +97,34 @@ class PressRunner:
             tokens=tokens,
             seconds=time.perf_counter() - started,
         )
+
+
+@contextlib.contextmanager
+def cache_positions_given(model: Any) -> Iterator[None]:
+    """Hand each attention layer the ``cache_position`` kvpress's hooks read.
+
+    kvpress 0.5 tells prefill from decoding by ``cache_position``, which transformers stopped
+    passing to attention modules after 5.2; the positions are the call's ``position_ids`` (or
+    the cache's length onward), which is what transformers passed there before.
+    """
+
+    def give(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if kwargs.get("cache_position") is not None:
+            return None
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        positions = kwargs.get("position_ids")
+        if positions is not None:
+            kwargs["cache_position"] = positions[0]
+        else:
+            cache = kwargs.get("past_key_values")
+            seen = cache.get_seq_length(module.layer_idx) if cache is not None else 0
+            kwargs["cache_position"] = torch.arange(seen, seen + hidden.shape[1], device=hidden.device)
+        return args, kwargs
+
+    inner = model.model.language_model if hasattr(model.model, "language_model") else model.model
+    hooks = [layer.self_attn.register_forward_pre_hook(give, with_kwargs=True) for layer in inner.layers]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
