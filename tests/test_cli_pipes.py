@@ -295,7 +295,7 @@ def test_help_shows_the_defaults_that_apply(
 ) -> None:
     qa_help = _help("qa", capsys, monkeypatch)
     assert "Usage: freqkv qa [OPTIONS] PATH... QUESTION " in qa_help
-    assert "[default: from the model: 128]" in qa_help  # --recent: the shipped adapter's freqkv.json
+    assert "[default: from the model: 256]" in qa_help  # --recent: the shipped adapter's freqkv.json
     assert "[default: from the model: 1024]" in qa_help  # --window
     assert qa_help.count("[default: 8]") == 1  # --reread, once (it also said "[8]")
     # A paragraph of the docstring, spread over source lines, is one line of help.

@@ -45,8 +45,8 @@ def test_the_shipped_default_is_tuned_and_untuned_is_the_plain_model() -> None:
     plain = freqkv("info", "--json", "--untuned")
     assert tuned.returncode == 0 and plain.returncode == 0, tuned.stderr.decode() + plain.stderr.decode()
     tuned_data, plain_data = json.loads(tuned.stdout), json.loads(plain.stdout)
-    # The adapter's freqkv.json (docs/TRAINING.md): window 1024, recent 128.
-    assert tuned_data["tuned_settings"] and tuned_data["window"] == 1024 and tuned_data["recent"] == 128
+    # The adapter's freqkv.json (docs/TRAINING.md): window 1024, recent 256.
+    assert tuned_data["tuned_settings"] and tuned_data["window"] == 1024 and tuned_data["recent"] == 256
     assert plain_data["model"] == "SmolLM2-135M-Instruct" and not plain_data["tuned_settings"]
     assert plain_data["window"] == 4096
     # The retrieval heads measured for the tuned default ship beside its adapter (issue #6).
