@@ -151,8 +151,14 @@ case "${1:-}" in
     done
     ls -la $WORK/default; tail -n 2 $WORK/default/*.log ;;
   collect)
-    cd $WORK && tar czf "$OUT/train_results.tgz" --exclude='*/checkpoint*' --exclude='train.txt' \
-      --exclude='texts' --exclude='samples' --exclude='data' . && ls -la "$OUT" ;;
+    # One archive per adapter and one for the rest: a file back from the machine is at most 16 MiB.
+    cd $WORK || exit 1
+    for run in */; do
+      run=${run%/}
+      [ -f "$run/adapter/adapter_config.json" ] && tar czf "$OUT/adapter_$run.tgz" --exclude='checkpoint*' "$run/adapter"
+    done
+    tar czf "$OUT/results.tgz" --exclude='*/adapter' --exclude='train.txt' --exclude='texts' \
+      --exclude='samples' --exclude='data' . && ls -la "$OUT" ;;
   *)
     sed -n 2,13p "$0"; exit 2 ;;
 esac
