@@ -8,6 +8,7 @@ included: adapter + ``trainable_params.bin``), merged on load.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -129,6 +130,18 @@ def _with_heads(loaded: LoadedModel, folder: Path | None) -> LoadedModel:
             loaded.head_profile, loaded.head_profile_path = profile, path
             break
     return loaded
+
+
+def quantize_loaded(loaded: LoadedModel, device: str, quantize: str) -> LoadedModel:
+    """``loaded`` (full precision, on the CPU) quantized in memory, tensor by tensor, then placed on
+    ``device``: the base fine-tuning trains an adapter on (QLoRA), which then merges into the full
+    weights as any adapter does. Needs the full-precision model in memory once, as an adapter's
+    merge does."""
+    target = resolve_device(device)
+    dtype = loaded.model.dtype
+    plan = LoadPlan.make(target, dtype, quantize)
+    model = plan.place(loaded.model, {"dtype": dtype})
+    return dataclasses.replace(loaded, model=placed(model, target, plan))
 
 
 def placed(model: PreTrainedModel, target: torch.device, plan: LoadPlan | None = None) -> PreTrainedModel:

@@ -33,6 +33,7 @@ class FinetuneConfig:
     distill: float = 0.0  # weight of KL(full-cache base || student); 1 - distill goes to plain next-token CE
     seed: int = 0
     save_every: int = 50
+    quantize: str | None = None  # the base's weights during training (QLoRA): None, int8, int4
 
     def validate(self) -> None:
         if self.policy.kind not in ("freqkv", "sink", "hybrid"):

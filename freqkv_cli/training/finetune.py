@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import OutputError, UsageError
 from ..models.device_map import is_spread
 from ..models.loading import LoadedModel
+from ..models.quantize import quantization_of
 from ..models.settings import TunedSettings, weights_fingerprint
 from . import checkpoints, grouped_attention
 from .checkpoints import CHECKPOINT_DIR, STATE_FILE
@@ -43,7 +44,9 @@ log = logging.getLogger("freqkv_cli")
 class Finetuner:
     """Owns the PEFT-wrapped model, the optimizer and the output folder.
 
-    ``loaded`` must be the untuned base in float32 (autocast gives bf16 matmuls on CUDA).
+    ``loaded`` must be the untuned base in float32 (autocast gives bf16 matmuls on CUDA), its
+    linear layers quantized as ``config.quantize`` says (QLoRA), with ``base_fingerprint`` then the
+    fingerprint of the full-precision weights (:func:`freqkv_cli.models.loading.quantize_loaded`).
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class Finetuner:
         config: FinetuneConfig,
         corpus: TokenCorpus,
         out: Path,
+        base_fingerprint: str | None = None,
     ) -> None:
         from peft import LoraConfig, get_peft_model
 
@@ -63,13 +67,19 @@ class Finetuner:
         base = loaded.model
         if base.dtype != torch.float32:
             raise UsageError("fine-tuning loads the base in float32 (bf16 runs under autocast)")
-        if getattr(base.config, "quantization_config", None) is not None or is_spread(base):
-            # QLoRA is not wired: the adapter's base fingerprint would name the quantized weights,
-            # and the grouped attention replays the schedule on one device.
+        if is_spread(base):  # the grouped attention replays the schedule on one device
+            raise UsageError("`finetune` trains on one device: drop `device_map`")
+        quantized = quantization_of(base)
+        if quantized != config.quantize:
             raise UsageError(
-                "`finetune` trains on an unquantized base on one device: drop `quantize`/`device_map`"
+                f"the base's weights are {quantized or 'unquantized'} but `quantize` says "
+                f"{config.quantize or 'unquantized'}"
             )
-        self.fingerprint = weights_fingerprint(base)
+        # A quantized base (QLoRA) is fingerprinted as the full-precision weights it came from, so
+        # that the adapter merges into them as any other adapter does (then quantized, if asked).
+        if quantized is not None and base_fingerprint is None:
+            raise UsageError("a quantized base needs the fingerprint of its full-precision weights")
+        self.fingerprint = base_fingerprint or weights_fingerprint(base)
         self.teacher = None
         if config.distill > 0:
             native = int(getattr(base.config, "max_position_embeddings", 0) or 0)
@@ -81,7 +91,7 @@ class Finetuner:
             # The teacher is the untouched base with a full cache: the student learns to predict
             # from compressed caches what the base predicts from exact ones (and keeps its manners).
             self.teacher = copy.deepcopy(base).eval().requires_grad_(False)
-            if self.device.type == "cuda":
+            if self.device.type == "cuda" and quantized is None:  # packed weights keep their dtype
                 self.teacher.to(torch.bfloat16)
         self.eos_id = getattr(loaded.tokenizer, "eos_token_id", None)
         names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
@@ -260,9 +270,16 @@ class Finetuner:
             raise UsageError(
                 f"'{folder / STATE_FILE}' cannot be read ({exc}): delete '{folder}' to start over"
             ) from None
-        if state.get("config") != self.config.identity():
+        written, asked = state.get("config") or {}, self.config.identity()
+        if written != asked:
+            changed = ", ".join(
+                f"{key} {_shown(written.get(key))} there, {_shown(asked.get(key))} here"
+                for key in sorted(set(written) | set(asked))
+                if written.get(key) != asked.get(key)
+            )
             raise UsageError(
-                f"'{folder}' was written with other settings; use the same flags to resume, or a new `out`"
+                f"'{folder}' was written with other settings ({changed}); use the same flags to resume, "
+                "or a new `out`"
             )
         try:
             set_peft_model_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
@@ -338,6 +355,7 @@ class Finetuner:
                     "train_embeddings": config.train_embeddings,
                     "seed": config.seed,
                     "distill": config.distill,
+                    "quantize": config.quantize,
                     "trainable_parameters": trainable,
                     "device": _device_name(self.device),
                     "seconds_last_run": round(seconds, 1),
@@ -372,3 +390,12 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
+
+
+def _shown(value: object) -> str:
+    """A setting as a resume refusal names it: a policy by its kind and sizes, None as 'none'."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return "/".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    return str(value)

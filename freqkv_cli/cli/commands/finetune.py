@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
@@ -12,9 +13,11 @@ import typer
 
 from ...cache.policy import CacheSettings
 from ...errors import UsageError
+from ...models.loaded import LoadedModel
+from ...models.quantize import parse_quantize
 from ...sizes import format_count, parse_size
 from .. import options as o
-from ..output import write_json
+from ..output import Readout, write_json
 from ..running import StopFlag
 
 TRAIN_PANEL = "Training"
@@ -22,7 +25,9 @@ train = functools.partial(o.option, panel=TRAIN_PANEL)
 
 
 @o.takes(
-    model=o.MODEL.only("model", "device", "trust_remote_code").defaults(dtype="float32", untuned=True),
+    model=o.MODEL.only("model", "device", "trust_remote_code", "quantize").defaults(
+        dtype="float32", untuned=True
+    ),
     output=o.OUTPUT,
 )
 def finetune(
@@ -122,6 +127,7 @@ def finetune(
         target_modules=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
         train_norms=train_norms, train_embeddings=train_embeddings, gradient_checkpointing=checkpointing,
         distill=distill, seed=seed, save_every=save_every,
+        quantize=quantization.kind if (quantization := parse_quantize(model.quantize)) else None,
     )  # fmt: skip
     config.validate()
     if max_minutes is not None and max_minutes <= 0:
@@ -132,12 +138,12 @@ def finetune(
         raise UsageError(f"--out '{out}' is not empty: pass --resume to go on, or choose a new folder")
     if model.model != "default" and Path(model.model, "adapter_config.json").expanduser().is_file():
         raise UsageError("--model is an adapter: fine-tune its base model instead")
-    loaded = model.load(readout)
+    loaded, fingerprint = load_base(model, config.quantize, readout)
     with readout.status("reading training data ..."):
         corpus = TokenCorpus.from_files(
             data, loaded.tokenizer, getattr(loaded.tokenizer, "eos_token_id", None)
         )
-    trainer = Finetuner(loaded, model.model, config, corpus, out)
+    trainer = Finetuner(loaded, model.model, config, corpus, out, base_fingerprint=fingerprint)
     trainable, total = trainer.trainable_counts()
     readout.info(
         f"{loaded.name} on {loaded.device}: training {format_count(trainable)} of {format_count(total)} "
@@ -195,3 +201,17 @@ def finetune(
         )
     if stop():
         raise typer.Exit(130)
+
+
+def load_base(model: o.ModelChoice, quantize: str | None, readout: Readout) -> tuple[LoadedModel, str | None]:
+    """The base to train on, and (quantized: QLoRA) the fingerprint of its full-precision weights,
+    which the adapter names so that it merges into them like any other adapter."""
+    if quantize is None:
+        return model.load(readout), None
+    from ...models.loading import quantize_loaded
+    from ...models.settings import weights_fingerprint
+
+    full = dataclasses.replace(model, device="cpu", quantize=None).load(readout)
+    fingerprint = weights_fingerprint(full.model)
+    with readout.status(f"quantizing the base to {quantize} ..."):
+        return quantize_loaded(full, model.device, quantize), fingerprint
