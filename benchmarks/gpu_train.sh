@@ -9,9 +9,11 @@
 #   bash benchmarks/gpu_train.sh launch       start the training runs (setsid: they outlive the call)
 #   bash benchmarks/gpu_train.sh wait SECS    print progress every 60 s for SECS seconds
 #   bash benchmarks/gpu_train.sh eval         perplexity, needle and instruction checks, in parallel
-#   bash benchmarks/gpu_train.sh default      issue #20: ppl at 2x/4x/8x the window, RULER at 4x
-#                                             (kvpress presses beside), instruction checks;
-#                                             in the background, for every run in RUNS
+#   bash benchmarks/gpu_train.sh default      the default's candidates: ppl at 2x/4x/8x the window,
+#                                             RULER at 4x (kvpress presses beside), instruction
+#                                             checks; in the background, for every run in RUNS and
+#                                             the shipped default (PREVIOUS=DIR: that adapter too)
+#   bash benchmarks/gpu_train.sh wait-eval S  wait up to S seconds for those to finish
 #   bash benchmarks/gpu_train.sh collect      tar the results into $OUT
 # Configuration: RUNS (names below), STEPS, MAX_MINUTES.
 set -uo pipefail
@@ -32,11 +34,15 @@ run_flags() {
     d-w1k-r128) echo "--window 1024 --recent 128 --lora-r 16 --distill 1" ;;
     d50-w1k-r128) echo "--window 1024 --recent 128 --lora-r 16 --distill 0.5" ;;
     d-w1k-r256) echo "--window 1024 --recent 256 --lora-r 16 --distill 1" ;;
-    # The long runs of issue #20: one micro-batch a step, a schedule the clock lets finish.
+    # One micro-batch a step (the GPU is launch-bound at this size) and as many steps as the
+    # clock lets finish, so the cosine schedule ends (BENCHMARKS section 11; MAX_MINUTES=16).
     long-d50-w1k-r256) echo "--window 1024 --recent 256 --lora-r 16 --distill 0.5 --micro-batch 8 \
-      --steps ${LONG_STEPS:-200}" ;;
+      --steps ${LONG_STEPS:-170}" ;;
     long-h-d50-w1k-r256) echo "--window 1024 --recent 256 --lora-r 16 --distill 0.5 --micro-batch 8 \
-      --cache hybrid --exact 0.25 --steps ${HYBRID_STEPS:-70}" ;;
+      --cache hybrid --exact 0.25 --steps ${HYBRID_STEPS:-55}" ;;
+    # Launched by hand beside the end of long-d50 with MAX_MINUTES=10: stopped at step 95.
+    long2-h-d50-w1k-r256) echo "--window 1024 --recent 256 --lora-r 16 --distill 0.5 --micro-batch 8 \
+      --cache hybrid --exact 0.25 --steps ${HYBRID2_STEPS:-140}" ;;
     h-d50-w1k-r128) echo "--window 1024 --recent 128 --lora-r 16 --distill 0.5 --cache hybrid --exact 0.25" ;;
     w1k-r128-big) echo "--window 1024 --recent 128 --lora-r 64 --lora-alpha 64 \
       --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj" ;;
@@ -120,8 +126,10 @@ case "${1:-}" in
     cd "$ROOT"
     mkdir -p $WORK/default
     D=$WORK/default
-    # name model recent [flags]: each row's weights, at its own settings.
-    models=("shipped-r128 default 128" "shipped-r256 default 256" "untuned-r256 default 256 --untuned")
+    # name model recent [flags]: each row's weights, at its own settings. Section 11's
+    # shipped-r128/-r256 rows were the adapter shipped before it (PREVIOUS: that folder, from git).
+    models=("default-r256 default 256" "untuned-r256 default 256 --untuned")
+    [ -n "${PREVIOUS:-}" ] && models+=("previous-r128 $PREVIOUS 128" "previous-r256 $PREVIOUS 256")
     [ -n "${ONLY_RUNS:-}" ] && models=()  # the runs of RUNS alone: the reference rows exist
     for run in ${RUNS:-}; do
       [ -f $WORK/$run/adapter/adapter_config.json ] && models+=("$run $WORK/$run/adapter $(recent_of $run)")
@@ -160,5 +168,5 @@ case "${1:-}" in
     tar czf "$OUT/results.tgz" --exclude='*/adapter' --exclude='train.txt' --exclude='texts' \
       --exclude='samples' --exclude='data' . && ls -la "$OUT" ;;
   *)
-    sed -n 2,13p "$0"; exit 2 ;;
+    sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 2 ;;
 esac

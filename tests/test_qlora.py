@@ -34,7 +34,7 @@ def finetune(base: Path, out: Path, *extra: str) -> list[str]:
     return [
         "finetune", "--model", str(base), "--data", str(SAMPLES / "botchan.txt"), "--out", str(out),
         "--window", "48", "--recent", "8", "--seq-len", "160", "--steps", "4", "--batch", "2",
-        "--lora-r", "4", "--lr", "5e-3", "--quiet", "--json", *extra,
+        "--lora-r", "4", "--lr", "1e-2", "--warmup", "1", "--quiet", "--json", *extra,
     ]  # fmt: skip
 
 
@@ -45,6 +45,13 @@ def losses(out: Path) -> list[float]:
 def logits(loaded: object) -> torch.Tensor:
     with torch.no_grad():
         return loaded.model(IDS).logits.float()
+
+
+def text_nll(loaded: object) -> float:
+    """Mean next-token NLL on the first 160 tokens of the training text (one fixed batch)."""
+    ids = loaded.tokenizer((SAMPLES / "botchan.txt").read_text()[:2000], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return float(loaded.model(ids[:, :160], labels=ids[:, :160]).loss)
 
 
 def test_an_int4_base_trains_and_its_adapter_merges_into_the_full_weights(
@@ -63,12 +70,13 @@ def test_an_int4_base_trains_and_its_adapter_merges_into_the_full_weights(
     # Step 1 scores the untouched base (LoRA starts at zero): NF4's rounding, not another model.
     first_quantized, first_plain = losses(quantized)[0], losses(plain)[0]
     assert 1e-4 < abs(first_quantized - first_plain) < 0.05 * first_plain
-    assert losses(quantized)[-1] < first_quantized  # it learns on the quantized base
     tuned = load_model(str(quantized), device="cpu")  # merged into the full weights
     tuned_int4 = load_model(str(quantized), device="cpu", quantize="int4")
+    base_int4 = load_model(str(base), device="cpu", quantize="int4")
     assert quantization_of(tuned.model) is None and quantization_of(tuned_int4.model) == "int4"
-    base_logits, tuned_logits = logits(full), logits(tuned)
-    assert (tuned_logits - base_logits).abs().max() > 1e-3  # the adapter changed the model
+    # What it learned over the packed weights carries over, merged or merged and quantized again.
+    assert text_nll(tuned) < text_nll(full) - 0.05
+    assert text_nll(tuned_int4) < text_nll(base_int4) - 0.05
     assert torch.isfinite(logits(tuned_int4)).all()
 
 
@@ -80,4 +88,4 @@ def test_resuming_with_another_quantization_is_refused(
     capsys.readouterr()
     assert run(finetune(base, out, "--resume")) == EXIT_USAGE
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "quantize" in err, err
+    assert err.count("\n") == 0 and "quantize int4 there, none here" in err, err

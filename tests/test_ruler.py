@@ -238,7 +238,7 @@ def test_presses_run_through_kvpress_pipeline_at_freqkv_window(
 
 
 def test_attention_layers_are_handed_the_positions_kvpress_reads(loaded: LoadedModel) -> None:
-    """kvpress 0.5 reads ``cache_position`` in its hooks; transformers 5.3+ no longer passes it."""
+    """kvpress 0.5 reads ``cache_position`` in its hooks; transformers 5.3 and later no longer pass it."""
     from transformers import DynamicCache
 
     seen: list[list[int]] = []

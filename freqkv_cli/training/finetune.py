@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import OutputError, UsageError
 from ..models.device_map import is_spread
 from ..models.loading import LoadedModel
-from ..models.quantize import quantization_of
+from ..models.quantize import parameter_count, quantization_of
 from ..models.settings import TunedSettings, weights_fingerprint
 from . import checkpoints, grouped_attention
 from .checkpoints import CHECKPOINT_DIR, STATE_FILE
@@ -90,6 +90,7 @@ class Finetuner:
                 )
             # The teacher is the untouched base with a full cache: the student learns to predict
             # from compressed caches what the base predicts from exact ones (and keeps its manners).
+            # On a quantized base (QLoRA) the teacher is that quantized base.
             self.teacher = copy.deepcopy(base).eval().requires_grad_(False)
             if self.device.type == "cuda" and quantized is None:  # packed weights keep their dtype
                 self.teacher.to(torch.bfloat16)
@@ -147,7 +148,7 @@ class Finetuner:
     # -- what is trained ------------------------------------------------------------------
     def trainable_counts(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        return trainable, sum(p.numel() for p in self.model.parameters())
+        return trainable, parameter_count(self.model)
 
     def _extra_trainables(self) -> dict[str, torch.Tensor]:
         """Norms/embeddings that are trained whole (saved beside the LoRA weights)."""
@@ -271,12 +272,13 @@ class Finetuner:
                 f"'{folder / STATE_FILE}' cannot be read ({exc}): delete '{folder}' to start over"
             ) from None
         written, asked = state.get("config") or {}, self.config.identity()
-        if written != asked:
-            changed = ", ".join(
-                f"{key} {_shown(written.get(key))} there, {_shown(asked.get(key))} here"
-                for key in sorted(set(written) | set(asked))
-                if written.get(key) != asked.get(key)
-            )
+        # A setting a checkpoint predates (absent there) counts as its default, None.
+        changed = ", ".join(
+            f"{key} {_shown(written.get(key))} there, {_shown(asked.get(key))} here"
+            for key in sorted(set(written) | set(asked))
+            if written.get(key) != asked.get(key)
+        )
+        if changed:
             raise UsageError(
                 f"'{folder}' was written with other settings ({changed}); use the same flags to resume, "
                 "or a new `out`"

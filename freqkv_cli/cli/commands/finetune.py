@@ -208,8 +208,20 @@ def load_base(model: o.ModelChoice, quantize: str | None, readout: Readout) -> t
     which the adapter names so that it merges into them like any other adapter."""
     if quantize is None:
         return model.load(readout), None
+    import torch
+
+    from ...models.devices import resolve_device
     from ...models.loading import quantize_loaded
+    from ...models.placing import LoadPlan
     from ...models.settings import weights_fingerprint
+
+    target = resolve_device(model.device)
+    if quantize == "int8" and target.type == "cuda":
+        raise UsageError(
+            "`finetune --quantize int8` runs on the CPU only (bitsandbytes' int8 computes in 16 bits "
+            "on CUDA, fine-tuning in float32): use int4"
+        )
+    LoadPlan.make(target, torch.float32, quantize)  # its refusals before the full model loads
 
     full = dataclasses.replace(model, device="cpu", quantize=None).load(readout)
     fingerprint = weights_fingerprint(full.model)

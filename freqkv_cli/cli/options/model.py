@@ -52,7 +52,8 @@ QuantizeOpt = Annotated[
     option(
         "--quantize",
         help="Weight-only quantization through bitsandbytes: int8 (LLM.int8) or int4 (NF4); about a "
-        "half / a quarter of the 16-bit weights. Kept quantized under FREQKV_HOME for the next load.",
+        "half / a quarter of the 16-bit weights. Kept quantized under FREQKV_HOME for the next load; "
+        "with finetune, the base the adapter is trained over (QLoRA).",
     ),
 ]
 DeviceMapOpt = Annotated[

@@ -16,8 +16,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
 from ...errors import UsageError
 from .run import RulerResult
 from .sample import Sample
@@ -103,22 +101,17 @@ class PressRunner:
 def cache_positions_given(model: Any) -> Iterator[None]:
     """Hand each attention layer the ``cache_position`` kvpress's hooks read.
 
-    kvpress 0.5 tells prefill from decoding by ``cache_position``, which transformers stopped
-    passing to attention modules after 5.2; the positions are the call's ``position_ids`` (or
-    the cache's length onward), which is what transformers passed there before.
+    kvpress 0.5 tells prefill from decoding by ``cache_position[-1] + 1 == query length``, and
+    transformers 5.3 and later no longer pass ``cache_position`` to attention modules. The call's
+    ``position_ids`` stand in: they equal it until kvpress compresses the cache, and after that the
+    test still holds only while prefilling, which is all kvpress asks of it.
     """
 
     def give(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        if kwargs.get("cache_position") is not None:
-            return None
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
         positions = kwargs.get("position_ids")
-        if positions is not None:
-            kwargs["cache_position"] = positions[0]
-        else:
-            cache = kwargs.get("past_key_values")
-            seen = cache.get_seq_length(module.layer_idx) if cache is not None else 0
-            kwargs["cache_position"] = torch.arange(seen, seen + hidden.shape[1], device=hidden.device)
+        if kwargs.get("cache_position") is not None or positions is None:
+            return None
+        kwargs["cache_position"] = positions[0]
         return args, kwargs
 
     inner = model.model.language_model if hasattr(model.model, "language_model") else model.model
