@@ -193,8 +193,19 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(base: Path, tmp_p
 def test_resume_with_other_settings_is_refused(base: Path, tmp_path: Path) -> None:
     first = make_trainer(base, tmp_path / "out", steps=4)
     first.run(should_stop=lambda: first.step == 3)
-    with pytest.raises(UsageError, match="other settings"):
+    with pytest.raises(UsageError, match=r"other settings \(lr 0.003 there, 0.001 here\)"):
         make_trainer(base, tmp_path / "out", steps=4, lr=1e-3).run(resume=True)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes(base: Path, tmp_path: Path) -> None:
+    """``quantize`` joined a run's identity later: a checkpoint without it is an unquantized run's."""
+    first = make_trainer(base, tmp_path / "out", steps=4)
+    first.run(should_stop=lambda: first.step == 3)
+    state_file = tmp_path / "out" / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["quantize"]
+    state_file.write_text(json.dumps(state))
+    assert make_trainer(base, tmp_path / "out", steps=4).run(resume=True).resumed_from == 3
 
 
 def test_written_adapter_loads_and_streams_like_the_trained_model(base: Path, tmp_path: Path) -> None:
