@@ -124,6 +124,9 @@ def test_ctrl_c_while_waiting_on_a_fifo_exits_130(tiny: str, tmp_path: Path) -> 
         [sys.executable, "-m", "freqkv_cli", "count", str(fifo), "-m", tiny],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # As a terminal starts it: a suite run as a background job (`cmd &` without job control)
+        # hands its children SIGINT ignored, and Python then installs no handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_blocked_on_fifo(process.pid)
     process.send_signal(signal.SIGINT)
