@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tinymodel import save_tiny_model
+from tinymodel import save_quantizable_model
 
 from freqkv_cli.cli.app import run
 from freqkv_cli.errors import EXIT_USAGE
@@ -21,8 +21,7 @@ IDS = torch.randint(0, 250, (1, 200), generator=torch.Generator().manual_seed(1)
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # hidden 256: bitsandbytes quantizes in blocks of 64 weights, as real models have many.
-    return save_tiny_model(tmp_path_factory.mktemp("qlora") / "model", hidden_size=256, intermediate_size=512)
+    return save_quantizable_model(tmp_path_factory.mktemp("qlora") / "model")
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli import cli, one_line_error
-from tinymodel import save_tiny_model
+from tinymodel import save_quantizable_model
 
 from freqkv_cli.cache.policy import CachePolicy
 from freqkv_cli.engine.streaming import StreamingEngine
@@ -25,8 +25,7 @@ IDS = torch.randint(0, 250, (600,), generator=torch.Generator().manual_seed(0)).
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # hidden 256: bitsandbytes quantizes in blocks of 64 weights, as real models have many.
-    return save_tiny_model(tmp_path_factory.mktemp("quant") / "model", hidden_size=256, intermediate_size=512)
+    return save_quantizable_model(tmp_path_factory.mktemp("quant") / "model")
 
 
 @pytest.fixture(autouse=True)

@@ -35,3 +35,9 @@ def save_tiny_model(folder: Path, family: str = "llama", **overrides: object) ->
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_quantizable_model(folder: Path) -> Path:
+    """A tiny model bitsandbytes quantizes as it does real ones: hidden 256 gives every linear layer
+    many blocks of 64 weights."""
+    return save_tiny_model(folder, hidden_size=256, intermediate_size=512)
