@@ -132,15 +132,12 @@ def _with_heads(loaded: LoadedModel, folder: Path | None) -> LoadedModel:
     return loaded
 
 
-def quantize_loaded(loaded: LoadedModel, device: str, quantize: str) -> LoadedModel:
-    """``loaded`` (full precision, on the CPU) quantized in memory, tensor by tensor, then placed on
-    ``device``: the base fine-tuning trains an adapter on (QLoRA), which then merges into the full
-    weights as any adapter does. Needs the full-precision model in memory once, as an adapter's
-    merge does."""
-    target = resolve_device(device)
-    dtype = loaded.model.dtype
-    plan = LoadPlan.make(target, dtype, quantize)
-    model = plan.place(loaded.model, {"dtype": dtype})
+def quantize_loaded(loaded: LoadedModel, target: torch.device, plan: LoadPlan) -> LoadedModel:
+    """``loaded`` (full precision, on the CPU) quantized in memory by ``plan``, tensor by tensor,
+    then placed on ``target``: the base fine-tuning trains an adapter on (QLoRA), which then merges
+    into the full weights as any adapter does. Needs the full-precision model in memory once, as an
+    adapter's merge does."""
+    model = plan.place(loaded.model, {"dtype": loaded.model.dtype})
     return dataclasses.replace(loaded, model=placed(model, target, plan))
 
 

@@ -221,9 +221,8 @@ def load_base(model: o.ModelChoice, quantize: str | None, readout: Readout) -> t
             "`finetune --quantize int8` runs on the CPU only (bitsandbytes' int8 computes in 16 bits "
             "on CUDA, fine-tuning in float32): use int4"
         )
-    LoadPlan.make(target, torch.float32, quantize)  # its refusals before the full model loads
-
+    plan = LoadPlan.make(target, torch.float32, quantize)  # its refusals before the full model loads
     full = dataclasses.replace(model, device="cpu", quantize=None).load(readout)
     fingerprint = weights_fingerprint(full.model)
     with readout.status(f"quantizing the base to {quantize} ..."):
-        return quantize_loaded(full, model.device, quantize), fingerprint
+        return quantize_loaded(full, target, plan), fingerprint
