@@ -9,6 +9,8 @@ import torch
 from conftest import tiny_model
 
 from freqkv_cli.cache.policy import CachePolicy
+from freqkv_cli.cache.rotary import KeyRotation
+from freqkv_cli.cache.selectors import AttentionSelector, Candidates
 from freqkv_cli.cache.selectors.attention import DENSITY
 from freqkv_cli.cache.spans import SPAN_LEFT, SPAN_RIGHT
 from freqkv_cli.engine.streaming import StreamingEngine
@@ -312,3 +314,55 @@ def test_span_selection_matches_a_masked_tensor_walk(seed: int) -> None:
     want_index, want_value = _greedy_spans_reference(score, take)
     assert torch.equal(index, want_index)
     torch.testing.assert_close(value, want_value)
+
+
+def plain_question_scores(
+    rotation: KeyRotation,
+    queries: list[torch.Tensor],
+    keys: list[torch.Tensor],
+    weights: torch.Tensor,
+    window: int,
+) -> torch.Tensor:
+    """``(n,)``: the selector's scores of one round, written out head by head (batch 1, a fresh
+    question): each head's best logit over the question's tokens, weighted over heads and
+    layers, standardized over the round, the excess over one spread summed over a neighbourhood."""
+    layers, heads = weights.shape
+    n = keys[0].shape[2]
+    total, weight_sum = torch.zeros(n, dtype=torch.float64), 0.0
+    for layer in range(layers):
+        q = rotation.rotate(queries[layer].float(), torch.full((queries[layer].shape[2],), window - 1))
+        kv_heads = keys[layer].shape[1]
+        for head in range(heads):
+            if weights[layer, head] == 0:
+                continue
+            k = keys[layer][0, head // (heads // kv_heads)].float()  # (n, D)
+            logits = q[0, head] @ k.T / math.sqrt(k.shape[-1])  # (Tq, n)
+            total += float(weights[layer, head]) * logits.amax(dim=0).double()
+            weight_sum += float(weights[layer, head])
+    match = total / weight_sum
+    excess = ((match - match.mean()) / match.std(unbiased=False) - 1).clamp(min=0)
+    return torch.tensor(
+        [float(excess[max(0, i - SPAN_LEFT) : i - SPAN_LEFT + DENSITY].sum()) for i in range(n)]
+    )
+
+
+@pytest.mark.parametrize("stack_bytes", [0, 45_000, 1 << 30])  # groups of 1, 2 and all
+def test_stacked_question_scores_equal_the_head_by_head_reference(stack_bytes: int) -> None:
+    """Scoring layers stacked (as on GPUs) or one at a time gives the plainly written scores."""
+    model = tiny_model("llama")
+    config = model.config
+    layers, heads, dim = 3, config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    gen = torch.Generator().manual_seed(7)
+    keys = [torch.randn(1, config.num_key_value_heads, 80, dim, generator=gen) for _ in range(layers)]
+    queries = [torch.randn(1, heads, 5, dim, generator=gen) for _ in range(layers)]
+    weights = torch.rand(layers, heads, generator=gen)
+    weights[1] = 0.0  # a layer without a scoring head
+    weights[2, :2] = 0.0
+    rotation = KeyRotation(model.model.rotary_emb)
+    selector = AttentionSelector(rotation=rotation, window=96, stack_bytes=stack_bytes)
+    selector.ask(queries, weights)
+    start, count = 10, 60
+    got = selector.score(Candidates(start, count, torch.device("cpu"), keys))
+    window_keys = [k[:, :, start : start + count] for k in keys]
+    want = plain_question_scores(rotation, queries, window_keys, weights, 96)
+    torch.testing.assert_close(got[0].double(), want.double(), atol=1e-4, rtol=1e-4)

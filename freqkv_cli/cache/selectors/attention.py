@@ -29,15 +29,19 @@ class AttentionSelector(Selector):
     head_weights: ``(layers, Hq)``: which query heads score (a retrieval-head profile, see
               :mod:`..head_profile`); None counts every head the same.
     match_stats: count, sum and sum of squares of every match scored since the question.
+    stack_bytes: the float32 logits and keys a stacked group of layers may hold while scoring;
+              None: 64 MiB off CPUs, one layer at a time on CPUs (no launches to save there).
     """
 
     rotation: KeyRotation | None = None
     window: int = 4096
+    stack_bytes: int | None = None
     fallback: Selector = field(default_factory=KeyNormSelector)
     queries: list[torch.Tensor] | None = field(init=False, default=None, repr=False)
     head_weights: torch.Tensor | None = field(init=False, default=None, repr=False)
     match_stats: torch.Tensor = field(init=False, repr=False)
     rotated: dict[int, torch.Tensor] = field(init=False, default_factory=dict, repr=False)
+    stacked: dict[tuple, torch.Tensor] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.match_stats = torch.zeros(3, dtype=torch.float64)
@@ -46,12 +50,12 @@ class AttentionSelector(Selector):
         super().ask(queries, head_weights)
         self.queries = queries
         self.match_stats = torch.zeros(3, dtype=torch.float64)  # a new question: new statistics
-        self.rotated = {}
+        self.rotated, self.stacked = {}, {}
         self.head_weights = None if head_weights is None else head_weights.float().cpu()
 
     def reset(self) -> None:
         super().reset()
-        self.queries, self.head_weights, self.rotated = None, None, {}
+        self.queries, self.head_weights, self.rotated, self.stacked = None, None, {}, {}
         self.match_stats = torch.zeros(3, dtype=torch.float64)
 
     def state(self) -> State:
@@ -71,33 +75,81 @@ class AttentionSelector(Selector):
         )
         self.head_weights = state.tensor("head_weights")
         self.match_stats = state.tensors["match_stats"].clone()
-        self.rotated = {}
+        self.rotated, self.stacked = {}, {}
 
     def score(self, candidates: Candidates) -> torch.Tensor:
         """``(B, n)``: the candidate's match (:meth:`question_match`), averaged over the
         retrieval heads of the profile (most heads of a small model attend everywhere; measured
-        in docs/BENCHMARKS.md section 6), then summed over a short neighbourhood (:meth:`density`)."""
+        in docs/BENCHMARKS.md section 6), then summed over a short neighbourhood (:meth:`density`).
+
+        Layers are scored in stacked groups (:meth:`groups`): a few products a round instead of a
+        handful of kernels per layer, which a small model's round is mostly made of."""
         if self.queries is None:
             return self.fallback.score(candidates)
+        scoring = [  # a layer without a scoring head is skipped entirely
+            index
+            for index in range(len(candidates.keys))
+            if self.head_weights is None or bool((self.head_weights[index] > 0).any())
+        ]
+        assert scoring, "a head profile must weight at least one head"
         total: torch.Tensor | None = None
-        weight_sum = 0.0
-        for index in range(len(candidates.keys)):
-            weights = None
-            if self.head_weights is not None:
-                weights = self.head_weights[index]
-                if not bool((weights > 0).any()):
-                    continue  # no scoring head in this layer: skip its attention entirely
-            match = self.question_match(index, candidates.layer_keys(index))
-            if weights is None:
-                part, weight = match.sum(dim=1), float(match.shape[1])
+        for group in self.groups(scoring, candidates):
+            keys = torch.stack([candidates.layer_keys(index) for index in group])  # (G, B, Hkv, n, D)
+            match = question_logits(self.rotated_queries(group, keys.device), keys).amax(dim=-2)
+            if self.head_weights is None:
+                part = match.sum(dim=(0, 2))
             else:
-                part = torch.einsum("bhn,h->bn", match, weights.to(match.device))
-                weight = float(weights.sum())
+                weights = self.head_weights[group].to(match.device)  # (G, Hq)
+                part = torch.einsum("lbhn,lh->bn", match, weights)
             part = part.to(candidates.device)  # layers spread by a device map score where they are
             total = part if total is None else total + part
-            weight_sum += weight
-        assert total is not None, "a head profile must weight at least one head"
+        assert total is not None
+        if self.head_weights is None:
+            weight_sum = float(len(scoring) * self.queries[0].shape[1])
+        else:
+            weight_sum = float(self.head_weights[scoring].sum())
         return self.density(total / weight_sum)
+
+    def groups(self, scoring: list[int], candidates: Candidates) -> list[list[int]]:
+        """Runs of consecutive scoring layers on one device, stacked when scored, each holding at
+        most ``stack_bytes`` of float32 logits and keys."""
+        assert self.queries is not None
+        batch, heads, tokens, dim = self.queries[0].shape
+        kv_heads = candidates.keys[scoring[0]].shape[1]
+        per_layer = batch * candidates.count * 4 * (heads * tokens + 2 * kv_heads * dim)
+        budget = self.stack_bytes
+        if budget is None:
+            budget = 0 if candidates.keys[scoring[0]].device.type == "cpu" else 64 << 20
+        size = max(1, budget // max(per_layer, 1))
+        runs: list[list[int]] = []
+        for index in scoring:
+            device = candidates.keys[index].device
+            last = runs[-1] if runs else None
+            if last and len(last) < size and candidates.keys[last[0]].device == device:
+                last.append(index)
+            else:
+                runs.append([index])
+        return runs
+
+    def rotated_queries(self, group: list[int], device: torch.device) -> torch.Tensor:
+        """``(G, B, Hq, Tq, D)`` float32: the question's queries of ``group``'s layers rotated to
+        the last slot, once per question and group."""
+        key = (tuple(group), str(device))
+        stacked = self.stacked.get(key)
+        if stacked is None:
+            stacked = torch.stack([self.rotated_query(index, device) for index in group])
+            self.stacked[key] = stacked
+        return stacked
+
+    def rotated_query(self, index: int, device: torch.device) -> torch.Tensor:
+        """``(B, Hq, Tq, D)`` float32: layer ``index``'s question queries rotated to the last slot."""
+        assert self.queries is not None and self.rotation is not None, "scoring needs a question"
+        q = self.rotated.get(index)
+        if q is None or q.device != device:  # rotated once per question, not every round
+            q = self.queries[index].to(device).float()  # (B, Hq, Tq, D)
+            q = self.rotation.rotate(q, torch.full((q.shape[2],), self.window - 1, device=q.device))
+            self.rotated[index] = q
+        return q
 
     def density(self, match: torch.Tensor) -> torch.Tensor:
         """``(B, n)`` match -> how much above-average match a span starting ``SPAN_LEFT`` before
@@ -125,13 +177,7 @@ class AttentionSelector(Selector):
     def logits(self, index: int, keys: torch.Tensor) -> torch.Tensor:
         """``(B, Hq, Tq, n)`` attention logits from each question token to ``keys``
         ``(B, Hkv, n, D)`` of layer ``index``."""
-        assert self.queries is not None and self.rotation is not None, "scoring needs a question"
-        q = self.rotated.get(index)
-        if q is None or q.device != keys.device:  # rotated once per question, not every round
-            q = self.queries[index].to(keys.device).float()  # (B, Hq, Tq, D)
-            q = self.rotation.rotate(q, torch.full((q.shape[2],), self.window - 1, device=q.device))
-            self.rotated[index] = q
-        return question_logits(q, keys)
+        return question_logits(self.rotated_query(index, keys.device), keys)
 
     def question_scores(self, index: int, keys: torch.Tensor) -> torch.Tensor:
         """Attention ``(B, Hq, n)`` per query head from the question to ``keys`` of layer
@@ -146,10 +192,11 @@ class AttentionSelector(Selector):
 
 
 def question_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """``(B, Hq, Tq, n)`` scaled dot products of rotated ``queries`` ``(B, Hq, Tq, D)`` with
-    ``keys`` ``(B, Hkv, n, D)``, query heads grouped over the KV heads they share (GQA)."""
-    batch, heads, tq, dim = queries.shape
-    kv_heads = keys.shape[1]
-    grouped = queries.view(batch, kv_heads, heads // kv_heads, tq, dim)
-    logits = torch.einsum("bhgtd,bhnd->bhgtn", grouped, keys.float()) / math.sqrt(dim)
-    return logits.flatten(1, 2)
+    """``(..., B, Hq, Tq, n)`` scaled dot products of rotated ``queries`` ``(..., B, Hq, Tq, D)``
+    with ``keys`` ``(..., B, Hkv, n, D)`` (leading axes: stacked layers), query heads grouped over
+    the KV heads they share (GQA)."""
+    heads, dim = queries.shape[-3], queries.shape[-1]
+    kv_heads = keys.shape[-3]
+    grouped = queries.unflatten(-3, (kv_heads, heads // kv_heads))
+    logits = torch.einsum("...hgtd,...hnd->...hgtn", grouped, keys.float()) / math.sqrt(dim)
+    return logits.flatten(-4, -3)
