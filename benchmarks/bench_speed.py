@@ -120,6 +120,12 @@ def peak_gib(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
 
+def reserved_gib(device: torch.device) -> float:
+    """The allocator's peak reservation: what the process held on the device, graph pools (whose
+    freed blocks no longer count as allocated, but stay theirs) and fragmentation included."""
+    return torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
 # -- ceilings --------------------------------------------------------------------------------------
 def ceilings(device: torch.device) -> dict:
     def timed(fn, reps: int = 20) -> float:
@@ -240,7 +246,10 @@ def check(device: torch.device, args) -> dict:
 def read(
     model, policy: CachePolicy, length: int, device: torch.device, graphs: bool | None = None, **options
 ):
+    replay_rounds = options.pop("replay_rounds", True)
     engine = StreamingEngine(model, policy, decode_graphs=graphs, **options)
+    if not replay_rounds:  # every round eager, everything else as shipped
+        engine.cache.round_graphs = None
     vocab = model.config.vocab_size
     if policy.kind == "hybrid":  # as qa does: the question first, pinned; it chooses the exact slots
         engine.feed(random_ids(24, vocab, 5), pin=True, question=True)
@@ -259,6 +268,7 @@ def read(
         "compress_share": stats.compress_seconds / seconds,
         "compressions": stats.compressions,
         "peak_gib": peak_gib(device),
+        "reserved_gib": reserved_gib(device),
     }
 
 
@@ -306,6 +316,11 @@ def streaming(model, shape: str, device: torch.device, args, base: dict) -> list
                     row["prefill_before_tok_s"] = before["tok_s"]
                     row["compress_share_before"] = before["compress_share"]
                     row["peak_gib_before"] = before["peak_gib"]
+                if device.type == "cuda" and kind == "hybrid" and length == 131072:
+                    # The same read with the hybrid's rounds eager (before they were replayed).
+                    _, eager_rounds = read(model, policy, length, device, replay_rounds=False)
+                    row["prefill_rounds_eager_tok_s"] = eager_rounds["tok_s"]
+                    row["peak_gib_rounds_eager"] = eager_rounds["peak_gib"]
                 row.update(
                     kind=kind, shape=shape, **{k: v for k, v in base.items() if k.endswith("limit_tok_s")}
                 )

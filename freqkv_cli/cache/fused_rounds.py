@@ -34,7 +34,7 @@ from .dct import lowpass_matmul, lowpass_matrix
 from .layers import WindowLayer
 from .policy import CachePolicy
 from .rotary import rotated, unrotated
-from .rounds import SpanRounds, allows_tf32, device_groups
+from .rounds import RoundPlan, SpanRounds, allows_tf32, device_groups
 
 logger = logging.getLogger(__name__)
 _COMPILED: dict[Callable, Callable] = {}
@@ -130,9 +130,8 @@ class FusedSpanRounds(SpanRounds):
             self.compile = False
             return function(*args)
 
-    def compress(
-        self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
-    ) -> None:
+    def apply(self, layers: Sequence[WindowLayer], policy: CachePolicy, plan: RoundPlan) -> None:
+        head = plan.head
         group = self.group or (1 if layers[0].keys.device.type == "cpu" else 4)
         for part in device_groups(layers, group):
             keys, values = self._group_round(part, policy, head)

@@ -7,14 +7,14 @@ choice of exact entries for all layers and heads, made by a :class:`.selectors.S
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 import torch
 
-from .compress_round import HybridState, gather_slots, hybrid_round, plan_hybrid_round
+from .compress_round import HybridPlan, HybridState, gather_slots, hybrid_round, plan_hybrid_round
 from .layers import WindowLayer
 from .policy import CachePolicy
-from .rounds import Rounds, allows_tf32, device_groups, read_stacked, write_pieces
+from .rounds import RoundPlan, Rounds, allows_tf32, device_groups, read_stacked, write_pieces
 from .selectors import Candidates, Selector
 from .state import State, tensors_of
 
@@ -27,9 +27,10 @@ class HybridRounds(Rounds):
     selector: Selector = field(default_factory=Selector)
     held: HybridState = field(default_factory=HybridState)  # exact and compressed entries now
 
-    def compress(
+    def plan(
         self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
-    ) -> None:
+    ) -> RoundPlan:
+        """Score the candidates and choose (on the host: the span walk); the state moves on."""
         window, recent = policy.window, policy.recent
         tail = self.held.tail(head)
         device = layers[0].keys.device
@@ -37,11 +38,23 @@ class HybridRounds(Rounds):
         candidates = Candidates(tail, self.held.candidates(policy, head), device, keys)
         scores = self.selector.score(candidates)  # (B, n)
         plan, self.held = plan_hybrid_round(self.held, scores, policy, head=head, tokens_seen=tokens_seen)
+        self.selector.moved(window - recent, plan.length - recent, recent)
+        sizes = {"kept": plan.kept, "recent": recent, "window": window}
+        shapes = (plan.new_e, plan.stream_from.shape[-1], plan.exact_from.shape[0])
+        return RoundPlan(
+            (type(self).__name__, self.method, astuple(policy), head, *shapes, *sizes.values()),
+            head,
+            {"exact_from": plan.exact_from, "stream_from": plan.stream_from},
+            sizes,
+        )
+
+    def apply(self, layers: Sequence[WindowLayer], policy: CachePolicy, plan: RoundPlan) -> None:
+        chosen = HybridPlan(plan.head, plan.inputs["exact_from"], plan.inputs["stream_from"], **plan.sizes)
         tf32 = allows_tf32(layers)
-        for part in device_groups(layers, self.group(layers, window)):
-            here = plan.to(part[0].keys.device)  # the plan is small; the cache stays where it is
+        for part in device_groups(layers, self.group(layers, policy.window)):
+            here = chosen.to(part[0].keys.device)  # the plan is small; the cache stays where it is
             # One stacked copy per group, gathered from: two gathers a round, not two per layer.
-            keys, values = read_stacked(part, 0, window)  # (layers, B, H, N, D)
+            keys, values = read_stacked(part, 0, policy.window)  # (layers, B, H, N, D)
 
             def gather(slots: torch.Tensor, k: torch.Tensor = keys, v: torch.Tensor = values) -> tuple:
                 return gather_slots(k, slots), gather_slots(v, slots)
@@ -50,8 +63,7 @@ class HybridRounds(Rounds):
                 return k[..., begin:end, :], v[..., begin:end, :]
 
             pieces = hybrid_round(gather, read, here, self.rotation, method=self.method, tf32=tf32)
-            write_pieces(part, head, pieces)  # everything was read above: now overwrite
-        self.selector.moved(window - recent, plan.length - recent, recent)
+            write_pieces(part, plan.head, pieces)  # everything was read above: now overwrite
 
     @staticmethod
     def group(layers: Sequence[WindowLayer], window: int) -> int:

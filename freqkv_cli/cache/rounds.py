@@ -8,7 +8,7 @@ with bounded float32 scratch; on CPUs one layer at a time measured fastest.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
 
 import torch
 
@@ -19,9 +19,31 @@ from .rotary import KeyRotation
 from .state import State
 
 
+@dataclass(frozen=True)
+class RoundPlan:
+    """What a round will do, decided before any entry moves.
+
+    key:    the round's shapes and settings: rounds of one key are the same work on the same
+            slots, given ``inputs`` (what lets one replay serve them all).
+    head:   leading entries left as they are.
+    inputs: device tensors the work reads (the hybrid's slot choice); a replay copies them
+            into its own before it runs. Empty where every round of the key is identical.
+    sizes:  the counts the work needs besides ``head``.
+    """
+
+    key: tuple
+    head: int
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass
 class Rounds:
-    """Compresses a full window in place. ``method``: the low-pass implementation (:mod:`.dct`)."""
+    """Compresses a full window in place. ``method``: the low-pass implementation (:mod:`.dct`).
+
+    A round is :meth:`plan` (what the tokens decide: eager, may read scores on the host) then
+    :meth:`apply` (moving and low-passing entries: the same kernels for every round of a plan's
+    key, so :mod:`.round_graphs` can replay it)."""
 
     rotation: KeyRotation
     method: str = "auto"
@@ -30,6 +52,16 @@ class Rounds:
         self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
     ) -> None:
         """One round on every layer of a full window; ``head`` leading entries stay as they are."""
+        self.apply(layers, policy, self.plan(layers, policy, head, tokens_seen))
+
+    def plan(
+        self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
+    ) -> RoundPlan:
+        """Decide the next round (and take note of it: a plan is applied once)."""
+        raise NotImplementedError
+
+    def apply(self, layers: Sequence[WindowLayer], policy: CachePolicy, plan: RoundPlan) -> None:
+        """Rewrite every layer's entries after ``plan.head`` as ``plan`` says."""
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -51,9 +83,15 @@ class SpanRounds(Rounds):
     kind: str = "freqkv"
     group: int | None = None  # layers per stacked step; None: 1 on CPUs, 4 on GPUs
 
-    def compress(
+    def plan(
         self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
-    ) -> None:
+    ) -> RoundPlan:
+        return RoundPlan(
+            (type(self).__name__, self.kind, self.method, self.group, astuple(policy), head), head
+        )
+
+    def apply(self, layers: Sequence[WindowLayer], policy: CachePolicy, plan: RoundPlan) -> None:
+        head = plan.head
         span, kept = policy.span(head), policy.kept(head)
         group = self.group or (1 if layers[0].keys.device.type == "cpu" else 4)
         for part in device_groups(layers, group):

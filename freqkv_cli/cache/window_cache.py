@@ -51,7 +51,7 @@ class WindowedCache(Cache):
     ``lowpass_method``: ``"auto"``, ``"fft"`` or ``"matrix"`` (see :mod:`.dct`).
     ``selector``: the hybrid's way of choosing exact slots (default: the one the policy names).
     ``buffers``: where the windows' slots live, shared by the caches an engine makes in turn.
-    ``round_graphs``: replays FreqKV and sink rounds over those slots (CUDA).
+    ``round_graphs``: replays the rounds over those slots (CUDA).
     ``fused_rounds``: FreqKV and sink rounds as :mod:`.fused_rounds` does them (``compiled_rounds``:
     through torch.compile).
     """
@@ -188,9 +188,10 @@ class WindowedCache(Cache):
         if device.type == "cuda":  # time this round only, not the forward still queued before it
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        replayed = isinstance(self.rounds, SpanRounds) and self.round_graphs is not None
-        if not (replayed and self.round_graphs.compress(self.rounds, self.layers, self.policy, self.head)):
-            self.rounds.compress(self.layers, self.policy, self.head, self.tokens_seen)
+        plan = self.rounds.plan(self.layers, self.policy, self.head, self.tokens_seen)
+        graphs = self.round_graphs
+        if graphs is None or not graphs.apply(self.rounds, self.layers, self.policy, plan):
+            self.rounds.apply(self.layers, self.policy, plan)
         self.compressions += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
