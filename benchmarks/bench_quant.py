@@ -100,7 +100,7 @@ def quantized_linear(linear: nn.Linear, kind: str, device: torch.device) -> nn.M
             linear.out_features,
             bias=False,
             has_fp16_weights=False,
-            threshold=INT8_THRESHOLD,
+            threshold=THRESHOLD[0],
             device="meta",
         )
         # Int8Params quantizes only on a move from the CPU: from a GPU tensor it stayed 16-bit.
@@ -147,6 +147,7 @@ def allocated(device: torch.device) -> int:
 
 
 MAX_CHUNK = [2048]  # the engine's default; --max-chunk splits prefill forwards (less activation memory)
+THRESHOLD = [INT8_THRESHOLD]  # --int8-threshold: LLM.int8's outlier threshold (freqkv's default)
 GRAPHS = [False]  # --graphs: the engine's default replays (decode graphs, replayed rounds)
 
 
@@ -382,13 +383,14 @@ def main() -> None:
     parser.add_argument("--max-chunk", type=int, default=2048)
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for all arms")
     parser.add_argument("--graphs", action="store_true", help="the engine's default replays, not eager")
+    parser.add_argument("--int8-threshold", type=float, default=INT8_THRESHOLD)
     args = parser.parse_args()
     for key in ("lengths", "lengths_int8", "lengths_70b"):
         setattr(args, key, [int(x) for x in getattr(args, key).split(",")])
     if args.tiny:
         args.lengths, args.lengths_int8, args.lengths_70b = [600, 1200], [600], [600]
         args.window, args.map_tokens, args.map_window, args.cpu_layers = 128, 300, 128, 1
-    MAX_CHUNK[0], GRAPHS[0] = args.max_chunk, args.graphs
+    MAX_CHUNK[0], GRAPHS[0], THRESHOLD[0] = args.max_chunk, args.graphs, args.int8_threshold
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -424,6 +426,7 @@ def main() -> None:
         result["arm_seconds"] = round(time.perf_counter() - t0, 1)
         result["versions"] = facts
         result["max_chunk"] = args.max_chunk
+        result["int8_threshold"] = args.int8_threshold
         results.append(result)
         print(json.dumps(result), flush=True)
         (args.out / f"{arm}.json").write_text(json.dumps(result, indent=1) + "\n")
