@@ -106,6 +106,62 @@ def greedy(args: argparse.Namespace) -> dict:
     return rows
 
 
+def probe(args: argparse.Namespace) -> dict:
+    """Where a CLI read's time goes: the text read as ``freqkv qa`` reads it (a session), and the
+    same token ids through the engine alone (no session, no tokenizing in the loop), under the
+    CLI's policy and with a shorter recent window (bench_speed's), two fresh engines each."""
+    import torch
+
+    from freqkv_cli.cache.policy import CacheSettings
+    from freqkv_cli.documents import open_document
+    from freqkv_cli.engine.streaming import StreamingEngine
+    from freqkv_cli.models.loading import load_model
+    from freqkv_cli.session.session import Session
+
+    loaded = load_model("default", device=args.device)
+    device = loaded.device
+    text = args.text.read_text(encoding="utf-8")[: args.probe_chars]
+    ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    question = loaded.tokenizer(args.question, add_special_tokens=False)["input_ids"]
+    profile = loaded.head_profile
+    weights = profile.weights() if profile is not None else None
+
+    def timed(run) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    rows: dict = {}
+    for kind in args.caches:
+        policy = loaded.cache_policy(CacheSettings(kind=kind))
+        for name, chosen in {f"recent {policy.recent}": policy, "recent 0": policy.with_(recent=0)}.items():
+            for run in range(2):
+                engine = StreamingEngine(
+                    loaded.model, chosen, tokenizer=loaded.tokenizer, head_weights=weights
+                )
+                engine.feed(question, pin=True, question=kind == "hybrid")
+                seconds = timed(lambda engine=engine: engine.feed(ids))
+                row = {"tokens": len(ids), "tok_s": round(len(ids) / seconds, 1)}
+                row["compressions"] = engine.stats().compressions
+                row["chunk_graphs"] = len(engine.replays.chunks.graphs) if engine.replays.chunks else None
+                rows[f"engine {kind} {name} run {run}"] = row
+                log(f"probe engine {kind} {name} run {run}: {json.dumps(row)}")
+        for run in range(2):
+            session = Session(loaded, policy)
+            document = open_document(args.text)
+            seconds = timed(
+                lambda s=session, d=document: s.read_document(d, task="qa", question=args.question)
+            )
+            row = {"seconds": round(seconds, 3), **session.engine.timings.as_dict()}
+            rows[f"session {kind} run {run}"] = row
+            log(f"probe session {kind} run {run}: {json.dumps(row)}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,10 +175,12 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=40000, help="text read in the greedy section")
     parser.add_argument("--decode", type=int, default=200, help="greedy tokens (rounds happen in decode)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cuda", help="probe: where the model runs")
+    parser.add_argument("--probe-chars", type=int, default=10**9, help="probe: text read by the engine")
     args = parser.parse_args()
     for section in args.sections:
         started = time.perf_counter()
-        OUT[section] = {"cli": cli, "greedy": greedy}[section](args)
+        OUT[section] = {"cli": cli, "greedy": greedy, "probe": probe}[section](args)
         OUT[section + "_seconds"] = round(time.perf_counter() - started, 1)
         if args.out:
             args.out.write_text(json.dumps(OUT, indent=1, default=str))
