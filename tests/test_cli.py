@@ -279,6 +279,33 @@ def test_out_of_memory_suggests_a_smaller_window(
     assert got == EXIT_OUT_OF_MEMORY and "--window" in line
 
 
+@pytest.mark.parametrize("max_chunk", [None, 50])
+def test_max_chunk_bounds_every_forward_call(
+    tiny: str,
+    doc: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    max_chunk: int | None,
+) -> None:
+    from freqkv_cli.engine.streaming import StreamingEngine
+
+    sizes: list[int] = []
+    forward = StreamingEngine._forward
+
+    def counted(self, ids):
+        sizes.append(len(ids))
+        return forward(self, ids)
+
+    monkeypatch.setattr(StreamingEngine, "_forward", counted)
+    flags = [] if max_chunk is None else ["--max-chunk", str(max_chunk)]
+    code = run(["summarize", str(doc), "-m", tiny, "--window", "256", "--cache", "full", "-n", "2", *flags])
+    assert code == 0, capsys.readouterr().err
+    if max_chunk is None:
+        assert max(sizes) > 50  # the full cache reads the 3,000-token text in 2,048-token calls
+    else:
+        assert max(sizes) == max_chunk and sum(sizes) > len(TEXT)
+
+
 def test_ctrl_c_mid_stream_exits_130_with_one_line(tiny: str, tmp_path: Path) -> None:
     big = tmp_path / "big.txt"
     big.write_text(TEXT * 200)  # ~600k byte tokens: minutes of work, interrupted after a moment

@@ -212,6 +212,7 @@ def test_summarize_takes_standard_input_among_documents(tiny: str, two_docs: tup
         (["summarize", "-", "-"], "standard input (-) can be read only once"),
         (["qa", "{a}", "{b}", "q", "--pages", "1"], "with several documents, drop it"),
         (["qa", "{a}", "   "], "the question is empty"),
+        (["summarize", "{a}", "--max-chunk", "0"], "--max-chunk"),
     ],
 )
 def test_bad_inputs_exit_2_in_one_line(

@@ -137,7 +137,9 @@ def _load(argument: str, context: ChatContext) -> None:
         raise UsageError("usage: /load FILE.fkv")
     target = str(Path(argument).expanduser())
     session = context.chat.session
-    restored = load_session(session.loaded, target, ctx=session.ctx).session
+    restored = load_session(
+        session.loaded, target, ctx=session.ctx, max_chunk=session.engine.max_chunk
+    ).session
     if restored.open_task is not None:
         restored.finish_document(restored.open_task)
     context.chat.session = restored

@@ -67,7 +67,8 @@ class StopFlag:
 
 def make_session(loaded: LoadedModel, cache: CacheChoice, system: str | None) -> Session:
     """A session under the policy the cache flags resolve to on this model."""
-    return Session(loaded, loaded.cache_policy(cache.settings), ctx=cache.ctx_tokens, system=system)
+    policy = loaded.cache_policy(cache.settings)
+    return Session(loaded, policy, ctx=cache.ctx_tokens, system=system, max_chunk=cache.max_chunk)
 
 
 def read_into(
@@ -168,7 +169,7 @@ def run_document_task(
     with stop.armed():
         if memory:
             with readout.status(f"loading memory {path} ..."):
-                loaded_memory = load_session(loaded, path, ctx=cache.ctx_tokens)
+                loaded_memory = load_session(loaded, path, ctx=cache.ctx_tokens, max_chunk=cache.max_chunk)
             session = loaded_memory.session
             extra = memory_json(session, loaded_memory.seconds)
             pages = sum(d["pages"] or 0 for d in session.documents) or None

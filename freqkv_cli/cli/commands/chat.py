@@ -113,7 +113,7 @@ def chat(
     documents = [source.open(path) for path in paths]  # fail before loading
     loaded = model.load(readout)
     if memory is not None:
-        session = load_session(loaded, memory, ctx=cache.ctx_tokens).session
+        session = load_session(loaded, memory, ctx=cache.ctx_tokens, max_chunk=cache.max_chunk).session
         if session.open_task is not None:  # read by `freqkv read`: the document's turn ends here
             session.finish_document(session.open_task)
     else:
