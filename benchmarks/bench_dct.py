@@ -116,7 +116,7 @@ def bench_one(device: torch.device, name: str, n: int, args: argparse.Namespace)
     inputs = [torch.randn(shape, generator=gen, device=device) for _ in range(4)]
     row: dict = {"device": device.type, "shape_name": name, "shape": list(shape), "n": n, "kept": kept}
     # The matrix's one-off build (float64 on the CPU, then moved), outside the timed loop.
-    dct.lowpass_matrix.cache_clear()
+    dct.clear_cached()
     sync(device)
     t0 = time.perf_counter()
     dct.lowpass_matrix(n, kept, device)
@@ -162,7 +162,7 @@ def bench_one(device: torch.device, name: str, n: int, args: argparse.Namespace)
     row["min_bytes"] = 4 * (elems_in + elems_in * kept // n)
     row["matrix_gflop"] = 2 * kept * elems_in / 1e9
     del inputs
-    dct.lowpass_matrix.cache_clear()
+    dct.clear_cached()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row

@@ -7,7 +7,7 @@ import pytest
 import scipy.fft
 import torch
 
-from freqkv_cli.cache.dct import dct_ortho, idct_ortho, lowpass, lowpass_matrix
+from freqkv_cli.cache.dct import clear_cached, dct_ortho, holding, idct_ortho, lowpass, lowpass_matrix
 
 
 def scipy_lowpass(x: np.ndarray, kept: int, axis: int) -> np.ndarray:
@@ -86,3 +86,24 @@ def test_matrix_is_cached_and_bad_lengths_are_refused() -> None:
         lowpass(torch.randn(4, 3), 5, dim=0)
     with pytest.raises(ValueError):
         lowpass(torch.randn(4, 3), 0, dim=0)
+
+
+@pytest.mark.parametrize("method", ["matrix", "fft"])
+def test_holding_keeps_the_cached_operators_a_capture_reads(method: str) -> None:
+    """What a CUDA graph captured inside ``holding()`` reads stays alive with the list, even
+    after the bounded caches drop it."""
+    x = torch.randn(2, 3, 40, 8, dtype=torch.float64)
+    with holding() as held:
+        want = lowpass(x, 20, -2, method)
+    assert held and all(isinstance(t, torch.Tensor) for t in held)
+    if method == "matrix":
+        assert any(t is lowpass_matrix(40, 20, x.device) for t in held)
+    ids = {id(t) for t in held}
+    clear_cached()
+    with holding() as again:
+        torch.testing.assert_close(lowpass(x, 20, -2, method), want)
+    assert not ids & {id(t) for t in again}  # built anew: the held ones were dropped from the cache
+    assert all(t.numel() for t in held)  # and are still there, whole
+    with holding() as outer, holding() as inner:
+        lowpass(x, 20, -2, method)
+    assert inner and not outer  # the innermost holder collects

@@ -18,9 +18,37 @@ The arithmetic is float32 whatever the input dtype; the result has the input dty
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
+
+_HOLDERS: list[list[torch.Tensor]] = []
+
+
+@contextmanager
+def holding() -> Iterator[list[torch.Tensor]]:
+    """Collects the cached tables and matrices used inside, for whoever keeps the list to keep
+    them alive: a CUDA graph captured inside reads their memory at every replay, and the
+    bounded caches below may evict one (and free its memory) long before the graph goes."""
+    held: list[torch.Tensor] = []
+    _HOLDERS.append(held)
+    try:
+        yield held
+    finally:
+        _HOLDERS.pop()
+
+
+def clear_cached() -> None:
+    """Drop the cached tables and matrices (benchmarks time building them)."""
+    _twiddles.cache_clear()
+    _lowpass_matrix.cache_clear()
+
+
+def _hold(*tensors: torch.Tensor) -> None:
+    if _HOLDERS:
+        _HOLDERS[-1].extend(tensors)
 
 
 @lru_cache(maxsize=64)
@@ -56,6 +84,7 @@ def dct_ortho(x: torch.Tensor, dim: int = -1, keep: int | None = None) -> torch.
         half = torch.cat([half, half[..., 1 : (n + 1) // 2].flip(-1).conj()], dim=-1)
     spectrum = half[..., :keep]
     cos, sin = _twiddles(n, keep, x.device, x.dtype)
+    _hold(cos, sin)
     # Re(exp(-i*theta) * V) = cos*Re(V) + sin*Im(V)
     out = 2.0 * (spectrum.real * cos + spectrum.imag * sin)
     return (out * _ortho_scale(keep, n, x.device, x.dtype)).movedim(-1, dim)
@@ -71,6 +100,7 @@ def idct_ortho(coeffs: torch.Tensor, dim: int = -1) -> torch.Tensor:
     # b_k = -y[n-k] for k >= 1, with y[n] = 0 for k = 0
     b = -torch.cat([torch.zeros_like(y[..., :1]), y.flip(-1)[..., : count - 1]], dim=-1)
     cos, sin = _twiddles(n, count, y.device, y.dtype)
+    _hold(cos, sin)
     # V_k = (a + i b) * exp(i*theta) / 2: only k <= n//2 is needed by the inverse real FFT
     spectrum = torch.complex((a * cos - b * sin) / 2.0, (a * sin + b * cos) / 2.0)
     v = torch.fft.irfft(spectrum, n=n, dim=-1)
@@ -97,11 +127,17 @@ def lowpass_fft(x: torch.Tensor, kept: int, dim: int = -2) -> torch.Tensor:
     return out.movedim(-1, dim).to(x.dtype)
 
 
-@lru_cache(maxsize=64)
 def lowpass_matrix(
     n: int, kept: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """The ``kept x n`` matrix of the operator in ``dtype``, built once per (n, kept, device, dtype)."""
+    matrix = _lowpass_matrix(n, kept, device, dtype)
+    _hold(matrix)
+    return matrix
+
+
+@lru_cache(maxsize=64)
+def _lowpass_matrix(n: int, kept: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
     _check_lengths(n, kept)
     with torch.inference_mode(False), torch.no_grad():  # an ordinary tensor, see _twiddles
         eye = torch.eye(n, dtype=torch.float64)

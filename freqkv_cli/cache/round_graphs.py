@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .buffers import SlotBuffers
+from .dct import holding
 from .graph_capture import capture
 from .layers import WindowLayer
 from .policy import CachePolicy
@@ -32,6 +33,7 @@ class CapturedRound:
     graph: torch.cuda.CUDAGraph
     lengths: list[int]  # every layer's length after the round
     inputs: dict[str, torch.Tensor]  # the plan's tensors the graph reads, refilled before a replay
+    operators: list[torch.Tensor]  # the cached low-pass tables it reads, kept alive with it
 
 
 @dataclass
@@ -80,11 +82,12 @@ class RoundGraphs:
         inputs = {name: tensor.clone() for name, tensor in plan.inputs.items()}  # filled: this round's
         static = replace(plan, inputs=inputs)
         try:  # no warm-up: the eager round before this one was it
-            graph = capture(lambda: rounds.apply(layers, policy, static), warmups=0, pool=self.pool)
+            with holding() as operators:
+                graph = capture(lambda: rounds.apply(layers, policy, static), warmups=0, pool=self.pool)
         except Exception as exc:  # something in the round syncs with the host: rounds run eagerly
             logger.debug("round capture failed, compressing eagerly: %s", exc)
             for layer, length in zip(layers, before, strict=True):
                 layer.hold(length)  # nothing ran: the window is as full as it was
             self.failed = True
             return None
-        return CapturedRound(graph, [layer.length for layer in layers], inputs)
+        return CapturedRound(graph, [layer.length for layer in layers], inputs, operators)
