@@ -27,6 +27,7 @@ one process, one GPU. Sections (``--sections``, in this order):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -307,18 +308,22 @@ def streaming(model, shape: str, device: torch.device, args, base: dict) -> list
                         decoder, engine.replays.decoder = engine.replays.decoder, None  # eager from here
                         row["decode_eager_ms"] = decode_ms(engine, args.decode // 2, device)
                         engine.replays.decoder = decoder
+                # The comparison reads below run with no other engine alive (an engine's slots
+                # would count in their peaks): the one measured above is done with.
+                del engine
+                gc.collect()
                 if length == args.lengths[0]:
-                    _, eager = read(model, policy, length, device, graphs=False)
+                    eager = read(model, policy, length, device, graphs=False)[1]
                     row["prefill_eager_tok_s"] = eager["tok_s"]
                 if device.type == "cuda" and length in (args.lengths[0], 131072):
                     # What the previous version did: masked SDPA in prefill, rounds unfused.
-                    _, before = read(model, policy, length, device, chunk_attention=False, fuse_rounds=False)
+                    before = read(model, policy, length, device, chunk_attention=False, fuse_rounds=False)[1]
                     row["prefill_before_tok_s"] = before["tok_s"]
                     row["compress_share_before"] = before["compress_share"]
                     row["peak_gib_before"] = before["peak_gib"]
                 if device.type == "cuda" and kind == "hybrid" and length == 131072:
                     # The same read with the hybrid's rounds eager (before they were replayed).
-                    _, eager_rounds = read(model, policy, length, device, replay_rounds=False)
+                    eager_rounds = read(model, policy, length, device, replay_rounds=False)[1]
                     row["prefill_rounds_eager_tok_s"] = eager_rounds["tok_s"]
                     row["peak_gib_rounds_eager"] = eager_rounds["peak_gib"]
                 row.update(
@@ -332,7 +337,6 @@ def streaming(model, shape: str, device: torch.device, args, base: dict) -> list
                 rows.append(row)
                 OUT[f"streaming/{shape}"] = rows  # kept as it grows: a run cut short keeps its rows
                 SAVE[0]()
-                del engine
             except torch.OutOfMemoryError as exc:
                 log(f"{shape} {kind} {length}: out of memory ({exc})")
                 rows.append({"kind": kind, "tokens": length, "shape": shape, "error": "oom"})

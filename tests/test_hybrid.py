@@ -346,12 +346,12 @@ def plain_question_scores(
     )
 
 
-@pytest.mark.parametrize("stack_bytes", [0, 45_000, 1 << 30])  # groups of 1, 2 and all
+@pytest.mark.parametrize("stack_bytes", [0, 45_000, 1 << 30])  # groups of 1, 2 and all 3 scoring layers
 def test_stacked_question_scores_equal_the_head_by_head_reference(stack_bytes: int) -> None:
     """Scoring layers stacked (as on GPUs) or one at a time gives the plainly written scores."""
     model = tiny_model("llama")
     config = model.config
-    layers, heads, dim = 3, config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    layers, heads, dim = 4, config.num_attention_heads, config.hidden_size // config.num_attention_heads
     gen = torch.Generator().manual_seed(7)
     keys = [torch.randn(1, config.num_key_value_heads, 80, dim, generator=gen) for _ in range(layers)]
     queries = [torch.randn(1, heads, 5, dim, generator=gen) for _ in range(layers)]

@@ -42,7 +42,7 @@ class HybridRounds(Rounds):
         sizes = {"kept": plan.kept, "recent": recent, "window": window}
         shapes = (plan.new_e, plan.stream_from.shape[-1], plan.exact_from.shape[0])
         return RoundPlan(
-            (type(self).__name__, self.method, astuple(policy), head, *shapes, *sizes.values()),
+            (type(self).__name__, self.method, astuple(policy), head, *shapes, plan.kept),
             head,
             {"exact_from": plan.exact_from, "stream_from": plan.stream_from},
             sizes,

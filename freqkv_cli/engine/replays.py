@@ -20,8 +20,8 @@ SMALL_MODEL = 1_500_000_000
 @dataclass
 class Replays:
     """``buffers``: every cache's slots; ``decoder``: decode steps; ``chunks``: steady-state prefill
-    chunks (small models); ``rounds``: FreqKV and sink rounds. None where not replayed.
-    ``fused_rounds``: those rounds with their elementwise work fused (:mod:`..cache.fused_rounds`);
+    chunks (small models); ``rounds``: compression rounds. None where not replayed.
+    ``fused_rounds``: FreqKV and sink rounds with their elementwise work fused (:mod:`..cache.fused_rounds`);
     ``compiled``: decode steps and fused rounds go through torch.compile first."""
 
     buffers: SlotBuffers

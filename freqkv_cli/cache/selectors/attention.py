@@ -78,7 +78,7 @@ class AttentionSelector(Selector):
         self.rotated, self.stacked = {}, {}
 
     def score(self, candidates: Candidates) -> torch.Tensor:
-        """``(B, n)``: the candidate's match (:meth:`question_match`), averaged over the
+        """``(B, n)``: each candidate's match (as :meth:`question_match`), averaged over the
         retrieval heads of the profile (most heads of a small model attend everywhere; measured
         in docs/BENCHMARKS.md section 6), then summed over a short neighbourhood (:meth:`density`).
 
@@ -95,7 +95,9 @@ class AttentionSelector(Selector):
         total: torch.Tensor | None = None
         for group in self.groups(scoring, candidates):
             keys = torch.stack([candidates.layer_keys(index) for index in group])  # (G, B, Hkv, n, D)
-            match = question_logits(self.rotated_queries(group, keys.device), keys).amax(dim=-2)
+            here = [index for index in scoring if candidates.keys[index].device == keys.device]
+            queries = self.rotated_queries(here, keys.device)[here.index(group[0]) :][: len(group)]
+            match = question_logits(queries, keys).amax(dim=-2)
             if self.head_weights is None:
                 part = match.sum(dim=(0, 2))
             else:
@@ -111,8 +113,8 @@ class AttentionSelector(Selector):
         return self.density(total / weight_sum)
 
     def groups(self, scoring: list[int], candidates: Candidates) -> list[list[int]]:
-        """Runs of consecutive scoring layers on one device, stacked when scored, each holding at
-        most ``stack_bytes`` of float32 logits and keys."""
+        """Runs of successive ``scoring`` layers on one device, stacked when scored, each holding
+        at most ``stack_bytes`` of float32 logits and keys."""
         assert self.queries is not None
         batch, heads, tokens, dim = self.queries[0].shape
         kv_heads = candidates.keys[scoring[0]].shape[1]
@@ -131,25 +133,29 @@ class AttentionSelector(Selector):
                 runs.append([index])
         return runs
 
-    def rotated_queries(self, group: list[int], device: torch.device) -> torch.Tensor:
-        """``(G, B, Hq, Tq, D)`` float32: the question's queries of ``group``'s layers rotated to
-        the last slot, once per question and group."""
-        key = (tuple(group), str(device))
+    def rotated_queries(self, layers: list[int], device: torch.device) -> torch.Tensor:
+        """``(len(layers), B, Hq, Tq, D)`` float32: the question's queries of ``layers`` (the
+        scoring layers on ``device``) rotated to the last slot, stacked once per question: each
+        group scores a slice of it, so the question is held once, not once per grouping."""
+        key = (tuple(layers), str(device))
         stacked = self.stacked.get(key)
         if stacked is None:
-            stacked = torch.stack([self.rotated_query(index, device) for index in group])
+            stacked = torch.stack([self._rotate(index, device) for index in layers])
             self.stacked[key] = stacked
         return stacked
 
     def rotated_query(self, index: int, device: torch.device) -> torch.Tensor:
-        """``(B, Hq, Tq, D)`` float32: layer ``index``'s question queries rotated to the last slot."""
-        assert self.queries is not None and self.rotation is not None, "scoring needs a question"
+        """``(B, Hq, Tq, D)`` float32: layer ``index``'s question queries rotated to the last slot
+        (kept for the per-layer readouts, :meth:`logits`)."""
         q = self.rotated.get(index)
         if q is None or q.device != device:  # rotated once per question, not every round
-            q = self.queries[index].to(device).float()  # (B, Hq, Tq, D)
-            q = self.rotation.rotate(q, torch.full((q.shape[2],), self.window - 1, device=q.device))
-            self.rotated[index] = q
+            q = self.rotated[index] = self._rotate(index, device)
         return q
+
+    def _rotate(self, index: int, device: torch.device) -> torch.Tensor:
+        assert self.queries is not None and self.rotation is not None, "scoring needs a question"
+        q = self.queries[index].to(device).float()  # (B, Hq, Tq, D)
+        return self.rotation.rotate(q, torch.full((q.shape[2],), self.window - 1, device=q.device))
 
     def density(self, match: torch.Tensor) -> torch.Tensor:
         """``(B, n)`` match -> how much above-average match a span starting ``SPAN_LEFT`` before

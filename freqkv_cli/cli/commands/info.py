@@ -12,7 +12,9 @@ from .. import options as o
 from ..output import write_json
 
 
-@o.takes(model=o.MODEL, cache=o.CACHE.defaults(ctx="32k"), output=o.OUTPUT.without("progress"))
+@o.takes(
+    model=o.MODEL, cache=o.CACHE.without("max_chunk").defaults(ctx="32k"), output=o.OUTPUT.without("progress")
+)
 def info(*, model: o.ModelChoice, cache: o.CacheChoice, output: o.OutputChoice) -> None:
     """Show the model, device, cache settings and the KV memory they need.
 

@@ -92,7 +92,8 @@ MaxChunkOpt = Annotated[
         min=1,
         metavar="TOKENS",
         help="Most tokens one forward call reads; fewer hold less activation memory, at some speed "
-        "(a 70B int4 model on one GPU: 512 keeps the peak within 2 GiB of the weights).",
+        "(measured: a 70B int4 model, freqkv cache, window 4k, peaked 1.9 GiB above its weights at 512, "
+        "2.2 GiB at 2048).",
     ),
 ]
 RecallOpt = Annotated[
