@@ -32,7 +32,7 @@ from .sizes import parse_size
 
 # What load() takes; the other keyword arguments of summarize() and ask() are for answering.
 LOAD_OPTIONS = ("model", "window", "cache", "ctx", "sink", "recent", "ratio", "exact", "device", "dtype")
-LOAD_OPTIONS += ("base", "untuned", "trust_remote_code")
+LOAD_OPTIONS += ("base", "untuned", "trust_remote_code", "quantize", "device_map", "max_memory", "max_chunk")
 
 
 @dataclass
@@ -89,10 +89,11 @@ def _size(value: int | str | None, name: str) -> int | None:
 class Model:
     """A model loaded once, with the cache settings every document and chat of it uses."""
 
-    def __init__(self, loaded: Any, settings: Any, ctx: int | None) -> None:
+    def __init__(self, loaded: Any, settings: Any, ctx: int | None, max_chunk: int = 2048) -> None:
         self.loaded = loaded  # a freqkv_cli.models.loaded.LoadedModel
         self.settings = settings  # CacheSettings: resolved against the model per session
         self.ctx = ctx
+        self.max_chunk = max_chunk  # most tokens one forward call reads
 
     @property
     def name(self) -> str:
@@ -102,7 +103,8 @@ class Model:
         """A fresh :class:`~freqkv_cli.session.session.Session` under this model's cache settings."""
         from .session.session import Session
 
-        return Session(self.loaded, self.loaded.cache_policy(self.settings), ctx=self.ctx, system=system)
+        policy = self.loaded.cache_policy(self.settings)
+        return Session(self.loaded, policy, ctx=self.ctx, system=system, max_chunk=self.max_chunk)
 
     def summarize(
         self, path: str | os.PathLike[str], *, stream: bool = False, **options: Any
@@ -174,7 +176,7 @@ def read_for_task(
     from .memory.saved import load_session
 
     if is_memory_file(path):  # the same path as the commands take
-        session = load_session(model.loaded, path, ctx=model.ctx).session
+        session = load_session(model.loaded, path, ctx=model.ctx, max_chunk=model.max_chunk).session
         answer_from_memory(session, task, question, reread, recall_method or DEFAULT_RECALL)
         return session
     document = open_document(path, password=password, pages=pages)
@@ -231,7 +233,7 @@ class Chat:
         """Go on from a memory file (``freqkv read``, ``save``)."""
         from .memory.saved import load_session
 
-        session = load_session(model.loaded, path, ctx=model.ctx).session
+        session = load_session(model.loaded, path, ctx=model.ctx, max_chunk=model.max_chunk).session
         if session.open_task is not None:  # read by `freqkv read`: the document's turn ends here
             session.finish_document(session.open_task)
         return cls(model, session=session, **options)
@@ -330,9 +332,15 @@ def load(
     base: str | None = None,
     untuned: bool = False,
     trust_remote_code: bool = False,
+    quantize: str | None = None,
+    device_map: str | None = None,
+    max_memory: str | None = None,
+    max_chunk: int = 2048,
 ) -> Model:
     """Load ``model`` (``default``, a model folder, a .gguf file or an adapter folder) once, with
-    the cache settings its documents and chats use (None: the checkpoint's, else the model's)."""
+    the cache settings its documents and chats use (None: the checkpoint's, else the model's).
+    ``quantize``, ``device_map``, ``max_memory`` and ``max_chunk`` are the CLI's ``--quantize``
+    (int8, int4), ``--device-map``, ``--max-memory`` and ``--max-chunk``."""
     _quiet()
     from .cache.policy import CacheSettings
     from .models.loading import load_model
@@ -341,10 +349,20 @@ def load(
         kind=cache, window=_size(window, "window"), sink=sink, recent=recent, ratio=ratio, exact=exact
     )
     settings.check()  # before the minutes a first load can take
+    if not (isinstance(max_chunk, int) and max_chunk >= 1):
+        raise UsageError(f"`max_chunk` {max_chunk!r} must be a whole number of tokens, 1 or more")
     loaded = load_model(
-        model, device=device, dtype=dtype, base=base, trust_remote_code=trust_remote_code, untuned=untuned
+        model,
+        device=device,
+        dtype=dtype,
+        base=base,
+        trust_remote_code=trust_remote_code,
+        untuned=untuned,
+        quantize=quantize,
+        device_map=device_map,
+        max_memory=max_memory,
     )
-    return Model(loaded, settings, _size(ctx, "ctx"))
+    return Model(loaded, settings, _size(ctx, "ctx"), max_chunk)
 
 
 def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -67,3 +67,30 @@ def test_bad_options_are_refused_in_our_words(model, doc: Path) -> None:
         freqkv_cli.load("default", window="lots")
     with pytest.raises(UsageError, match="question"):
         model.ask(doc, "  ")
+
+
+def test_load_quantizes_and_bounds_each_forward_as_the_cli_does(
+    doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bitsandbytes as bnb
+    from tinymodel import save_quantizable_model
+
+    from freqkv_cli.engine.streaming import StreamingEngine
+
+    monkeypatch.setenv("FREQKV_HOME", str(tmp_path / "home"))
+    folder = save_quantizable_model(tmp_path / "model")
+    model = freqkv_cli.load(str(folder), window=512, device="cpu", quantize="int8", max_chunk=40)
+    quantized = [m for m in model.loaded.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert len(quantized) == 7 * model.loaded.model.config.num_hidden_layers  # q k v o gate up down
+    sizes: list[int] = []
+    forward = StreamingEngine._forward
+
+    def counted(self: StreamingEngine, ids: list[int]) -> object:
+        sizes.append(len(ids))
+        return forward(self, ids)
+
+    monkeypatch.setattr(StreamingEngine, "_forward", counted)
+    assert isinstance(model.ask(doc, "Who is the narrator?", max_new_tokens=3), str)
+    assert max(sizes) == 40 and sum(sizes) > 1000  # the document read 40 tokens at a time at most
+    with pytest.raises(UsageError, match="`max_chunk`"):
+        freqkv_cli.load(str(folder), device="cpu", max_chunk=0)
