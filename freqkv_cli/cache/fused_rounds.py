@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -117,6 +117,12 @@ class FusedSpanRounds(SpanRounds):
 
     compile: bool = False
     half: bool | None = None  # the float16 product; None: on CUDA for 16-bit caches
+
+    def plan(
+        self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
+    ) -> RoundPlan:
+        plan = super().plan(layers, policy, head, tokens_seen)
+        return replace(plan, key=(*plan.key, self.compile, self.half))  # both change the work
 
     def _run(self, function: Callable, device: torch.device, *args: object) -> object:
         if not (self.compile and device.type == "cuda"):
