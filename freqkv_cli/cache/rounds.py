@@ -48,16 +48,11 @@ class Rounds:
     rotation: KeyRotation
     method: str = "auto"
 
-    def compress(
-        self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
-    ) -> None:
-        """One round on every layer of a full window; ``head`` leading entries stay as they are."""
-        self.apply(layers, policy, self.plan(layers, policy, head, tokens_seen))
-
     def plan(
         self, layers: Sequence[WindowLayer], policy: CachePolicy, head: int, tokens_seen: int
     ) -> RoundPlan:
-        """Decide the next round (and take note of it: a plan is applied once)."""
+        """Decide the next round of a full window, whose ``head`` leading entries stay as they are
+        (and take note of it: a plan is applied once)."""
         raise NotImplementedError
 
     def apply(self, layers: Sequence[WindowLayer], policy: CachePolicy, plan: RoundPlan) -> None:
