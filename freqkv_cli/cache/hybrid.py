@@ -39,17 +39,18 @@ class HybridRounds(Rounds):
         scores = self.selector.score(candidates)  # (B, n)
         plan, self.held = plan_hybrid_round(self.held, scores, policy, head=head, tokens_seen=tokens_seen)
         self.selector.moved(window - recent, plan.length - recent, recent)
-        sizes = {"kept": plan.kept, "recent": recent, "window": window}
         shapes = (plan.new_e, plan.stream_from.shape[-1], plan.exact_from.shape[0])
         return RoundPlan(
             (type(self).__name__, self.method, astuple(policy), head, *shapes, plan.kept),
             head,
             {"exact_from": plan.exact_from, "stream_from": plan.stream_from},
-            sizes,
+            {"kept": plan.kept},
         )
 
     def apply(self, layers: Sequence[WindowLayer], policy: CachePolicy, plan: RoundPlan) -> None:
-        chosen = HybridPlan(plan.head, plan.inputs["exact_from"], plan.inputs["stream_from"], **plan.sizes)
+        slots = plan.inputs
+        kept, recent, window = plan.sizes["kept"], policy.recent, policy.window
+        chosen = HybridPlan(plan.head, slots["exact_from"], slots["stream_from"], kept, recent, window)
         tf32 = allows_tf32(layers)
         for part in device_groups(layers, self.group(layers, policy.window)):
             here = chosen.to(part[0].keys.device)  # the plan is small; the cache stays where it is
