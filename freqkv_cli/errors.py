@@ -76,3 +76,22 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return False
     text = str(exc).lower()
     return any(words in text for words in _OUT_OF_MEMORY_WORDS)
+
+
+def _safetensors_error() -> type[Exception]:
+    from safetensors import SafetensorError
+
+    return SafetensorError
+
+
+# What a failed write of weights raises: the OS's error, or safetensors' own (its Rust writer
+# reports a full disk as "I/O error: No space left on device", not as an OSError).
+WRITE_ERRORS: tuple[type[Exception], ...] = (OSError, _safetensors_error())
+
+
+def write_failure(exc: BaseException) -> str:
+    """The reason a write failed, in a few words: the OS's text, or the first line of another's."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..cache.head_profile import PROFILE_FILE, HeadProfile
-from ..errors import FreqKVError, ModelError, is_out_of_memory
+from ..errors import WRITE_ERRORS, FreqKVError, ModelError, is_out_of_memory, write_failure
 from .default import (
     DEFAULT_MODEL_NAME,
     TUNED_MODEL_NAME,
@@ -387,9 +387,9 @@ def _save_atomically(
             # finished the same conversion first: use its copy.
             if not _usable(folder, report=False):
                 raise
-    except OSError as exc:
+    except WRITE_ERRORS as exc:
         raise ModelError(
-            f"cannot write the converted default model to '{folder}' ({one_line(exc)}): "
+            f"cannot write the converted default model to '{folder}' ({write_failure(exc)}): "
             "free some space, or set FREQKV_HOME to another folder"
         ) from None
     finally:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError, UsageError
+from ..errors import WRITE_ERRORS, ModelError, UsageError, write_failure
 
 QUANTIZE_CHOICES = ("int8", "int4")
 INT8_THRESHOLD = 1.0
@@ -326,9 +326,11 @@ def save_prequantized(model: torch.nn.Module, tokenizer: object, folder: Path) -
             _remove_unless_in_use(folder)
         os.replace(staging, folder)
         return True
-    except OSError as exc:
+    except WRITE_ERRORS as exc:
         log.warning(
-            "could not keep the quantized copy in '%s' (%s): the next load quantizes again", folder, exc
+            "could not keep the quantized copy in '%s' (%s): the next load quantizes again",
+            folder,
+            write_failure(exc),
         )
         return False
     finally:

@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import WRITE_ERRORS, OutputError, write_failure
 
 CHECKPOINT_DIR = "checkpoint"
 STAGING_SUFFIX = ".tmp"  # checkpoint.tmp: the next checkpoint, being written
@@ -40,12 +40,12 @@ def save(out: Path, write: Callable[[Path], None], state: dict) -> Path:
         else:
             staging.rename(folder)
         remove_tree(old)
-    except OSError as exc:
+    except WRITE_ERRORS as exc:
         remove_tree(staging)
         kept = checkpoint_step(folder) if is_complete(folder) else checkpoint_step(old)
         previous = f"the checkpoint of step {kept} is kept" if kept else "no earlier checkpoint"
         raise OutputError(
-            f"cannot write the checkpoint of step {state['step']} in '{out}' ({exc.strerror or exc}): "
+            f"cannot write the checkpoint of step {state['step']} in '{out}' ({write_failure(exc)}): "
             f"{previous}; free some space and go on with `resume`"
         ) from None
     return folder

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import OutputError, UsageError
+from ..errors import WRITE_ERRORS, OutputError, UsageError, write_failure
 from ..models.device_map import is_spread
 from ..models.loading import LoadedModel
 from ..models.quantize import parameter_count, quantization_of
@@ -378,10 +378,10 @@ class Finetuner:
             (self.out / ADAPTER_CONFIG).unlink(missing_ok=True)
             for path in sorted(staging.iterdir(), key=lambda path: path.name == ADAPTER_CONFIG):
                 os.replace(path, self.out / path.name)
-        except OSError as exc:
+        except WRITE_ERRORS as exc:
             kept = checkpoints.checkpoint_step(self.out / CHECKPOINT_DIR)
             raise OutputError(
-                f"cannot write the adapter to '{self.out}' ({exc.strerror or exc}); "
+                f"cannot write the adapter to '{self.out}' ({write_failure(exc)}); "
                 f"its checkpoint of step {kept} is kept: free some space and run again with `resume`"
             ) from None
         finally:
