@@ -16,8 +16,9 @@ import pytest
 import typer
 
 from freqkv_cli import __version__
-from freqkv_cli.cli.app import app, run
+from freqkv_cli.cli.app import run
 from freqkv_cli.cli.help_format import polish_help
+from freqkv_cli.cli.tree import full_app
 from freqkv_cli.documents.joined import heading
 from freqkv_cli.errors import EXIT_USAGE
 
@@ -236,7 +237,7 @@ def _commands() -> dict[str, object]:
         for name, sub in getattr(command, "commands", {}).items():
             walk(sub, f"{prefix} {name}")
 
-    walk(polish_help(typer.main.get_command(app)), "")
+    walk(polish_help(typer.main.get_command(full_app())), "")
     return found
 
 
@@ -289,6 +290,31 @@ def test_help_has_plain_metavars_defaults_and_one_example_layout(
         block = text.split("Examples:", 1)[1].split("\n\n", 1)[0].strip("\n").splitlines()
         indents = {len(line) - len(line.lstrip()) for line in block}
         assert len(block) >= 2 and len(indents) == 1, block
+
+
+@pytest.mark.parametrize("path", ["", "eval", "logs"], ids=lambda path: path or "freqkv")
+def test_a_tree_built_for_one_run_lists_what_the_full_tree_lists(
+    path: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run builds only the command it runs; the others carry their help read from the source.
+    lazy = _help(path, capsys, monkeypatch)
+    full = COMMANDS[path]
+    full.main(args=[*path.split()[1:], "--help"], prog_name=f"freqkv {path}".strip(), standalone_mode=False)  # type: ignore[attr-defined]
+    assert lazy == capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["--help"], 0), (["--version"], 0), (["sumarize"], 2)])
+def test_the_root_help_the_version_and_a_mistyped_command_load_no_model_libraries(
+    argv: list[str], code: int
+) -> None:
+    probe = (
+        "import sys; from freqkv_cli.cli.app import run; code = run(sys.argv[1:]); "
+        "print(code, sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.stdout.splitlines()[-1] == f"{code} []", (done.stdout, done.stderr)
 
 
 def test_help_shows_the_defaults_that_apply(

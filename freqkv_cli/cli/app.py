@@ -13,15 +13,13 @@ if not os.environ.get("FREQKV_DEBUG"):
 import errno
 import functools
 import logging
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-from .. import __version__
 from ..config import load_config
 from ..errors import (
     EXIT_FAILURE,
@@ -32,65 +30,14 @@ from ..errors import (
     OutputError,
     is_out_of_memory,
 )
-from .commands.calibrate import calibrate
-from .commands.chat import chat
-from .commands.count import count
-from .commands.eval_needle import needle
-from .commands.eval_ppl import ppl
-from .commands.eval_ruler import ruler
-from .commands.finetune import finetune
-from .commands.info import info
-from .commands.logs import logs_app
-from .commands.models import models
-from .commands.qa import qa
-from .commands.read import read
-from .commands.spectrum import spectrum
-from .commands.summarize import summarize
+from . import messages
 from .defaults import default_map
 from .help_format import polish_help
-
-EPILOG = (
-    "Exit codes: 0 ok · 1 internal error · 2 usage (or output that cannot be written) · "
-    "3 unreadable input · 4 model · 5 out of memory · 130 interrupted. "
-    "FREQKV_DEBUG=1 shows tracebacks; FREQKV_THREADS=N sets CPU threads."
-)
-
-app = typer.Typer(
-    name="freqkv",
-    help="Read, summarize, question and chat with documents far longer than a model's window, "
-    "in constant memory (FreqKV: the KV cache is compressed in the frequency domain whenever it fills). "
-    "Answers go to stdout; progress and memory readouts to stderr.",
-    epilog=EPILOG,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-eval_app = typer.Typer(
-    help="Measure what a cache policy costs on your model and text: long-text perplexity (ppl) "
-    "and needle-in-a-haystack retrieval (needle), every policy side by side.",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        sys.stdout.write(f"freqkv {__version__}\n")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _main(
-    version: Annotated[
-        bool,
-        typer.Option("--version", is_eager=True, callback=_show_version, help="Print the version and exit."),
-    ] = False,
-) -> None:
-    """The options before a command (the app's help is the Typer's own)."""
-
+from .messages import as_flags
+from .tree import build_app
 
 # Commands whose cache flags resolve against the model (its freqkv.json, its native window).
-CACHE_COMMANDS = (summarize, qa, read, chat, info)
+CACHE_COMMANDS = ("summarize", "qa", "read", "chat", "info")
 log = logging.getLogger("freqkv_cli")
 
 
@@ -98,7 +45,7 @@ def checked_early(command: Callable[..., None]) -> Callable[..., None]:
     """Run the checks that need a model's files but none of its weights before ``command``: a GGUF
     or safetensors file cut short, cache flags the model cannot take (against its config.json or
     GGUF metadata). They come before the minutes a load or a first conversion can take."""
-    cache_flags = command in CACHE_COMMANDS
+    cache_flags = command.__name__ in CACHE_COMMANDS
 
     @functools.wraps(command)
     def run_checked(**values: Any) -> None:
@@ -131,53 +78,7 @@ def _check_cache_flags(spec: str, values: dict[str, Any]) -> None:
         log.warning("%s", warning)
 
 
-for command in (summarize, qa, read, chat, count, info, spectrum, finetune, calibrate):
-    app.command(epilog=EPILOG)(checked_early(command))
-for command in (ppl, needle, ruler):
-    eval_app.command(epilog=EPILOG)(checked_early(command))
-app.add_typer(eval_app, name="eval")
-app.add_typer(logs_app, name="logs")
-app.command(epilog=EPILOG)(models)
-
-
 # -- messages ------------------------------------------------------------------------------------
-# The library names parameters in backticks (`seq_len`); a CLI user knows them as flags.
-_FLAG_ALIASES = {
-    "target_modules": "--lora-targets",
-    "kind": "--cache",
-    "selector": "--select",
-    "ctx": "--ctx",
-    "gradient_checkpointing": "--grad-checkpointing",
-    "max_new_tokens": "--max-new-tokens",
-}
-_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
-
-
-@functools.cache
-def _flags() -> frozenset[str]:
-    """Every long option of every command."""
-    found: set[str] = set()
-    stack = [typer.main.get_command(app)]
-    while stack:
-        command = stack.pop()
-        stack.extend(getattr(command, "commands", {}).values())
-        for param in command.params:
-            found.update(opt for opt in (*param.opts, *param.secondary_opts) if opt.startswith("--"))
-    return frozenset(found)
-
-
-def as_flags(message: str) -> str:
-    """``message`` with each backticked parameter name that is a flag written as the flag:
-    "`seq_len` 40 must exceed `window`" -> "--seq-len 40 must exceed --window"."""
-
-    def flag(match: re.Match[str]) -> str:
-        name = match.group(1)
-        candidate = _FLAG_ALIASES.get(name, "--" + name.replace("_", "-"))
-        return candidate if candidate in _flags() else match.group(0)
-
-    return _PARAMETER.sub(flag, message)
-
-
 class _LineEnd:
     """Standard error, remembering whether what was written last ended its line: a progress
     bar drawn without a terminal leaves the cursor after its last character."""
@@ -235,11 +136,15 @@ def _quiet_libraries(debug: bool) -> None:
         torch.set_num_threads(int(threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
-    if not debug:  # deprecation notes from transformers and torch are for developers
-        warnings.simplefilter("ignore")
-    from transformers.utils import logging as hf_logging
+    if debug:
+        return
+    warnings.simplefilter("ignore")  # deprecation notes from transformers and torch are for developers
+    # Read when transformers is first imported; importing it here would cost `--help` a second.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported before this run (a library caller, a test)
+        from transformers.utils import logging as hf_logging
 
-    if not debug:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
 
@@ -284,8 +189,10 @@ def _run(argv: list[str] | None, debug: bool) -> int:
             raise OutputError("standard output is closed (>&-): redirect it to a file or to /dev/null")
         _quiet_libraries(debug)
         # standalone_mode=False: Typer returns the exit code of typer.Exit, and of Ctrl-C (130).
-        defaults = default_map(load_config(), sys.argv[1:] if argv is None else argv)  # below flags, env
-        command = polish_help(typer.main.get_command(app))
+        given = sys.argv[1:] if argv is None else argv
+        command = polish_help(typer.main.get_command(build_app(given, checked_early)))
+        messages.use_flags_of(command)
+        defaults = default_map(load_config(), given)  # below flags, env
         result = command(args=argv, prog_name="freqkv", standalone_mode=False, default_map=defaults)
         code = result if isinstance(result, int) else 0
         if code == EXIT_INTERRUPTED:

@@ -13,6 +13,7 @@ from ..errors import FreqKVError, Interrupted, UsageError
 from ..logs import ConversationLog
 from ..memory.saved import load_session
 from ..session.prompts import turn_template
+from .messages import as_flags
 from .options import InputChoice
 from .output import Readout
 from .running import StopFlag, check_writable, keep_memory, read_into
@@ -49,7 +50,7 @@ def run_command(text: str, context: ChatContext) -> str | None:
     try:
         return handler(argument, context)
     except FreqKVError as exc:  # a bad file or value must not end the chat
-        context.readout.warn(_as_flags(str(exc)))
+        context.readout.warn(as_flags(str(exc)))
         return None
 
 
@@ -223,11 +224,3 @@ _COMMANDS = {
     "/load": _load,
     "/set": _set,
 }
-
-
-def _as_flags(message: str) -> str:
-    """A library message with parameter names written as this program's flags (app.as_flags;
-    imported here, when needed: the app imports this module)."""
-    from .app import as_flags
-
-    return as_flags(message)

@@ -17,6 +17,7 @@ from ...models.default import freqkv_home
 from .. import options as o
 from ..chat_commands import EXIT, HELP_TEXT, ChatContext, run_command
 from ..conversation_log import answer_options
+from ..messages import as_flags
 from ..output import Readout
 from ..running import StopFlag, make_session, read_into, refuse_cache_flags
 from ..wrap import WordWrap
@@ -206,7 +207,7 @@ def _answer(conversation: Chat, text: str, readout: Readout, stop: StopFlag) -> 
         with stop.armed():
             reply = conversation.reply(text, on_text=write, should_stop=stop)
     except ContextLimitError as exc:
-        readout.warn(_as_flags(str(exc)))
+        readout.warn(as_flags(str(exc)))
         return None
     if wrap is not None:
         wrap.finish()
@@ -253,11 +254,3 @@ def _go_on(
     log.conversation_id = logged.id
     log.follow(conversation.session, restored.exchanges)
     readout.info(f"(went on from conversation {logged.id}: {restored.summary()})")
-
-
-def _as_flags(message: str) -> str:
-    """A library message with parameter names written as this program's flags (app.as_flags;
-    imported here, when needed: the app imports this module)."""
-    from ..app import as_flags
-
-    return as_flags(message)
