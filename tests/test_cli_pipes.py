@@ -303,10 +303,27 @@ def test_a_tree_built_for_one_run_lists_what_the_full_tree_lists(
     assert lazy == capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "code"), [(["--help"], 0), (["--version"], 0), (["sumarize"], 2)])
-def test_the_root_help_the_version_and_a_mistyped_command_load_no_model_libraries(
-    argv: list[str], code: int
+LIGHT_RUNS = [
+    (["--help"], 0),
+    (["--version"], 0),
+    (["sumarize"], 2),
+    *(
+        (["summarize" if name == "-" else name, "--help"], 0)
+        for name in ("qa", "-", "read", "chat", "count", "info")
+    ),
+    (["models"], 0),
+    (["logs"], 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"), LIGHT_RUNS, ids=lambda value: " ".join(value) if isinstance(value, list) else None
+)
+def test_help_version_typos_models_and_logs_load_no_model_libraries(
+    argv: list[str], code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # torch and transformers take seconds to import; none of these needs them.
+    monkeypatch.setenv("FREQKV_HOME", str(tmp_path))
     probe = (
         "import sys; from freqkv_cli.cli.app import run; code = run(sys.argv[1:]); "
         "print(code, sorted({'torch', 'transformers'} & set(sys.modules)))"

@@ -16,7 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from freqkv_cli.errors import EXIT_INPUT, EXIT_MODEL, InputError, ModelError, UsageError
-from freqkv_cli.memory import (
+from freqkv_cli.memory import file_format as ff
+from freqkv_cli.memory.file_format import (
     FORMAT_VERSION,
     UNCHECKED,
     MemoryHeader,
@@ -27,7 +28,6 @@ from freqkv_cli.memory import (
     save_memory,
     unpack_ids,
 )
-from freqkv_cli.memory import file_format as ff
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "botchan.txt"
 

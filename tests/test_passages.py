@@ -13,8 +13,8 @@ from bm25s.stopwords import STOPWORDS_EN_PLUS
 from tinymodel import byte_tokenizer
 
 from freqkv_cli.errors import UsageError
-from freqkv_cli.memory import Passage, PassageIndex, rank_passages
 from freqkv_cli.memory import passages as passages_module
+from freqkv_cli.memory.passages import Passage, PassageIndex, rank_passages
 
 PLANTED = "The secret code of the vault is 4417."
 QUESTION = "What is the secret code of the vault?"

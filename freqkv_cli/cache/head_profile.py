@@ -13,10 +13,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 PROFILE_FILE = "freqkv_heads.json"
 
@@ -46,6 +48,8 @@ class HeadProfile:
 
     def weights(self) -> torch.Tensor:
         """``(layers, q_heads)``: 1 for a chosen head, 0 elsewhere."""
+        import torch  # a profile is read (by `freqkv models`, say) without torch
+
         out = torch.zeros(self.shape)
         for layer, head in self.heads:
             out[layer, head] = 1.0

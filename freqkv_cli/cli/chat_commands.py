@@ -11,7 +11,6 @@ from typing import Any
 from ..api import Chat
 from ..errors import FreqKVError, Interrupted, UsageError
 from ..logs import ConversationLog
-from ..memory.saved import load_session
 from ..session.prompts import turn_template
 from .messages import as_flags
 from .options import InputChoice
@@ -134,6 +133,8 @@ def _save(argument: str, context: ChatContext) -> None:
 
 
 def _load(argument: str, context: ChatContext) -> None:
+    from ..memory.saved import load_session  # torch: imported when a chat loads, not for --help
+
     if not argument:
         raise UsageError("usage: /load FILE.fkv")
     target = str(Path(argument).expanduser())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..logs import ConversationLog, logging_wanted
-from ..session.session import Session
 from .options import AnswerChoice
+
+if TYPE_CHECKING:
+    from ..session.session import Session
 
 
 def answer_options(answering: AnswerChoice) -> dict[str, Any]:

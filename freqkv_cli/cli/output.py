@@ -9,21 +9,23 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from ..documents import Document
-from ..models.device_map import gpu_memory
-from ..models.loading import LoadedModel
-from ..session.reading import ReadProgress
-from ..session.session import Session
 from ..sizes import format_bytes, format_count
+
+if TYPE_CHECKING:  # these bring torch: a command's --help does without it
+    import torch
+
+    from ..documents import Document
+    from ..models.loading import LoadedModel
+    from ..session.reading import ReadProgress
+    from ..session.session import Session
 
 
 def rss_bytes() -> int:
@@ -44,6 +46,8 @@ def gpu_bytes(device: torch.device) -> tuple[int, int] | None:
     """(allocated, peak allocated) on CUDA, else None."""
     if device.type != "cuda":
         return None
+    import torch
+
     return torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
 
 
@@ -98,6 +102,8 @@ class Readout:
         )
 
     def memory_line(self, session: Session) -> str:
+        from ..models.device_map import gpu_memory
+
         stats = session.stats()
         parts = [
             f"{format_count(stats.tokens_seen)} tokens",

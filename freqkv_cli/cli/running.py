@@ -10,17 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..documents import Document, join_documents
 from ..errors import Interrupted, UsageError
-from ..memory.file_format import is_memory_file
-from ..memory.recall import answer_from_memory
-from ..memory.saved import load_session, save_session
-from ..models.loading import LoadedModel
-from ..session.reading import ReadReport
-from ..session.session import Session
 from ..sizes import format_bytes, format_count
-from .conversation_log import log_exchange
 from .options import (
     ANSWER,
     CACHE,
@@ -33,7 +27,14 @@ from .options import (
     ModelChoice,
     OutputChoice,
 )
-from .output import Readout, result_json, write_json
+
+# What the runs below use brings torch and transformers: imported when a run starts, so that
+# a command's --help does not wait for them.
+if TYPE_CHECKING:
+    from ..models.loading import LoadedModel
+    from ..session.reading import ReadReport
+    from ..session.session import Session
+    from .output import Readout
 
 
 class StopFlag:
@@ -67,6 +68,8 @@ class StopFlag:
 
 def make_session(loaded: LoadedModel, cache: CacheChoice, system: str | None) -> Session:
     """A session under the policy the cache flags resolve to on this model."""
+    from ..session.session import Session
+
     policy = loaded.cache_policy(cache.settings)
     return Session(loaded, policy, ctx=cache.ctx_tokens, system=system, max_chunk=cache.max_chunk)
 
@@ -150,6 +153,12 @@ def run_document_task(
 ) -> None:
     """summarize / qa: check input, load, read the documents, in order, as one (or load a saved
     memory), answer, report. ``save``: keep the read as a memory file too."""
+    from ..memory.file_format import is_memory_file
+    from ..memory.recall import answer_from_memory
+    from ..memory.saved import load_session
+    from .conversation_log import log_exchange
+    from .output import result_json, write_json
+
     cache.settings.check()
     readout = output.readout
     started = time.perf_counter()
@@ -268,6 +277,8 @@ def check_writable(path: str) -> None:
 
 
 def keep_memory(session: Session, path: str, readout: Readout) -> None:
+    from ..memory.saved import save_session
+
     started = time.perf_counter()
     header = save_session(session, path)
     size = Path(path).stat().st_size

@@ -11,11 +11,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..models.default import freqkv_home
-from ..session.session import Session
 from .store import LOG_FILE, DocumentEntry, Exchange, LogError, LogStore
+
+if TYPE_CHECKING:  # `freqkv logs` reads the log without torch
+    from ..session.session import Session
 
 NO_LOG_ENV = "FREQKV_NO_LOG"
 log = logging.getLogger("freqkv_cli")

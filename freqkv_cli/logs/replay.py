@@ -11,13 +11,16 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..documents import open_document
 from ..errors import FreqKVError
 from ..session.prompts import SUMMARIZE_REMINDER
-from ..session.reading import ReadReport
-from ..session.session import Session
 from .store import Conversation, DocumentEntry
+
+if TYPE_CHECKING:  # `freqkv logs` reads the log without torch
+    from ..session.reading import ReadReport
+    from ..session.session import Session
 
 
 @dataclass

@@ -1,33 +1,3 @@
-"""A read document kept as a file: the memory file format and question-time passage ranking."""
-
-from __future__ import annotations
-
-from .file_format import (
-    FORMAT_VERSION,
-    SUFFIX,
-    UNCHECKED,
-    MemoryHeader,
-    is_memory_file,
-    load_memory,
-    pack_ids,
-    read_header,
-    save_memory,
-    unpack_ids,
-)
-from .passages import Passage, PassageIndex, rank_passages
-
-__all__ = [
-    "FORMAT_VERSION",
-    "SUFFIX",
-    "UNCHECKED",
-    "MemoryHeader",
-    "Passage",
-    "PassageIndex",
-    "is_memory_file",
-    "load_memory",
-    "pack_ids",
-    "rank_passages",
-    "read_header",
-    "save_memory",
-    "unpack_ids",
-]
+"""A read document kept as a file: the memory file format (``file_format``), the question-time
+passage ranking (``passages``) and recall (``recall``). Import from those modules: this package
+imports nothing, so a CLI's help that names the recall methods does not wait for torch."""

@@ -23,10 +23,9 @@ from ..cache.selectors import AttentionSelector, Candidates
 from ..session.prompts import SUMMARIZE_TURN
 from ..session.session import Session
 from .passages import Passage, rank_passages
+from .recall_methods import DEFAULT_RECALL, RECALL_METHODS
 from .token_index import TokenIndex
 
-RECALL_METHODS = ("both", "tokens", "words", "held", "none")
-DEFAULT_RECALL = "both"
 PASSAGE_TOKENS = 64  # a passage: about two sentences
 # A token-ranked passage is quoted only if it scores at least this share of the best one: the
 # question's frequent tokens (" the", "?") match everywhere, and passages that match only them

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
 from ..errors import ModelError
 from .integrity import check_gguf
 
@@ -14,6 +12,8 @@ from .integrity import check_gguf
 def load_tokenizer(
     spec: str = "default", *, base: str | None = None, trust_remote_code: bool = False
 ) -> object:
+    from transformers import AutoTokenizer  # `freqkv count --help` does without it
+
     from .loading import ensure_default_converted
 
     if spec == "default":

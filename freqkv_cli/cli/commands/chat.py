@@ -11,8 +11,6 @@ import typer
 from ...api import Chat, Model, Reply
 from ...errors import ContextLimitError, Interrupted, UsageError
 from ...logs import Conversation, ConversationLog, LogError, LogStore, log_path, logging_wanted, replay
-from ...memory.file_format import is_memory_file
-from ...memory.saved import load_session
 from ...models.default import freqkv_home
 from .. import options as o
 from ..chat_commands import EXIT, HELP_TEXT, ChatContext, run_command
@@ -100,6 +98,9 @@ def chat(
 
       freqkv chat --continue
     """
+    from ...memory.file_format import is_memory_file  # torch comes with these: not for --help
+    from ...memory.saved import load_session
+
     cache.settings.check()
     readout = output.readout
     paths = list(paths or [])

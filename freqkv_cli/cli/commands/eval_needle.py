@@ -10,7 +10,7 @@ from rich.table import Table
 from ...errors import UsageError
 from ...evaluation import choices, plots
 from ...evaluation import needle as needle_lib
-from ...memory.recall import RECALL_METHODS
+from ...memory.recall_methods import RECALL_METHODS
 from ...session.session import Session
 from ...sizes import format_size
 from .. import options as o

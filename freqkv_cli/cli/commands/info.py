@@ -6,7 +6,6 @@ import sys
 
 from ...config import config_path, load_config
 from ...logs import log_path
-from ...models.quantize import describe_weights, parameter_count, weight_facts
 from ...sizes import format_bytes, format_count
 from .. import options as o
 from ..output import write_json
@@ -28,6 +27,8 @@ def info(*, model: o.ModelChoice, cache: o.CacheChoice, output: o.OutputChoice) 
 
       freqkv info --model ./my-model --window 8k --ctx 128k --json
     """
+    from ...models.quantize import describe_weights, parameter_count, weight_facts  # torch: not for --help
+
     cache.settings.check()
     user_config = load_config()  # read before the model: a bad file fails first
     loaded = model.load(output.readout)

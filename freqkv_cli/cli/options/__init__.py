@@ -12,7 +12,6 @@ One module a group (model, cache, answer, inputs, outputs); ``flags`` declares o
 
 from __future__ import annotations
 
-from ...models.loading import load_model
 from .answer import (
     ANSWER,
     AnswerChoice,
@@ -122,7 +121,18 @@ __all__ = [
     "UntunedOpt",
     "WindowOpt",
     "from_the_model",
-    "load_model",
+    "load_model",  # below: imported when first asked for
     "option",
     "takes",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # load_model brings torch and transformers: a command's --help must not wait for them.
+    # ModelChoice looks it up here, where tests replace it.
+    if name == "load_model":
+        from ...models.loading import load_model
+
+        globals()["load_model"] = load_model
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

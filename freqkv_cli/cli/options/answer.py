@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from ...api import Answering
-from ...engine.sampling import Sampler
 from .flags import OUTPUT_PANEL, option
 from .taking import Options
+
+if TYPE_CHECKING:
+    from ...engine.sampling import Sampler
 
 MaxNewOpt = Annotated[
     int, option("--max-new-tokens", "-n", min=1, panel=OUTPUT_PANEL, help="Longest answer, in tokens.")

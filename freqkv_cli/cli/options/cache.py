@@ -7,7 +7,7 @@ from typing import Annotated
 
 from ...cache.policy import POLICIES, CacheSettings
 from ...errors import UsageError
-from ...memory.recall import DEFAULT_RECALL, RECALL_METHODS
+from ...memory.recall_methods import DEFAULT_RECALL, RECALL_METHODS
 from ...sizes import parse_size
 from .flags import from_the_model, option
 from .taking import Options

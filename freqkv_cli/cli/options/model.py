@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-from ...models.loading import LoadedModel
-from ..output import Readout
 from .flags import option
 from .taking import Options
+
+if TYPE_CHECKING:  # torch comes with them: not for --help
+    from ...models.loading import LoadedModel
+    from ..output import Readout
 
 ModelOpt = Annotated[
     str,

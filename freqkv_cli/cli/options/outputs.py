@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass, field
-from typing import Annotated
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
-from ..output import Readout
 from .flags import OUTPUT_PANEL, option
 from .taking import Options
+
+if TYPE_CHECKING:
+    from ..output import Readout
 
 JsonOpt = Annotated[
     bool, option("--json", panel=OUTPUT_PANEL, help="Print one JSON object at the end instead.")
@@ -63,11 +66,16 @@ class OutputChoice:
     progress: ProgressOpt = False
     no_color: NoColorOpt = False
     no_log: NoLogOpt = False  # only the commands that log offer it (LOGGED_OUTPUT)
-    readout: Readout = field(init=False)
 
     def __post_init__(self) -> None:
         self.no_color = self.no_color or bool(os.environ.get("NO_COLOR"))
-        self.readout = Readout(quiet=self.quiet, force_progress=self.progress, no_color=self.no_color)
+
+    @functools.cached_property
+    def readout(self) -> Readout:
+        """Where this run's progress and readouts go (stderr)."""
+        from ..output import Readout  # torch comes with it: not for --help
+
+        return Readout(quiet=self.quiet, force_progress=self.progress, no_color=self.no_color)
 
 
 OUTPUT = Options(OutputChoice).without("no_log")
