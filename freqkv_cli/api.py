@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .engine.chunk_size import DEFAULT_MAX_CHUNK
 from .errors import UsageError
 from .session.threaded import threaded_pieces
 from .sizes import parse_size
@@ -89,7 +90,9 @@ def _size(value: int | str | None, name: str) -> int | None:
 class Model:
     """A model loaded once, with the cache settings every document and chat of it uses."""
 
-    def __init__(self, loaded: Any, settings: Any, ctx: int | None, max_chunk: int = 2048) -> None:
+    def __init__(
+        self, loaded: Any, settings: Any, ctx: int | None, max_chunk: int = DEFAULT_MAX_CHUNK
+    ) -> None:
         self.loaded = loaded  # a freqkv_cli.models.loaded.LoadedModel
         self.settings = settings  # CacheSettings: resolved against the model per session
         self.ctx = ctx
@@ -335,7 +338,7 @@ def load(
     quantize: str | None = None,
     device_map: str | None = None,
     max_memory: str | None = None,
-    max_chunk: int = 2048,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
 ) -> Model:
     """Load ``model`` (``default``, a model folder, a .gguf file or an adapter folder) once, with
     the cache settings its documents and chats use (None: the checkpoint's, else the model's).

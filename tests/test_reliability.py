@@ -473,8 +473,9 @@ def test_an_intact_conversion_costs_no_full_hash(stand_in: list, tmp_path: Path,
 def test_a_damaged_conversion_in_a_read_only_home_says_what_to_delete(
     stand_in: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    load_model("default", device="cpu")
+    load_model("default", device="cpu")  # the library, outside the CLI: its bars are not checked
     _damage(converted(tmp_path) / "model.safetensors", "truncated")
+    capsys.readouterr()
     monkeypatch.setattr(loading, "_writable", lambda folder: False)
     doc = tmp_path / "doc.txt"
     doc.write_text(TEXT)
@@ -486,16 +487,15 @@ def test_a_damaged_conversion_in_a_read_only_home_says_what_to_delete(
 def test_a_damaged_conversion_is_rebuilt_through_the_cli_with_a_warning(
     stand_in: list, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    doc = tmp_path / "doc.txt"
-    doc.write_text(TEXT)
-    assert run(["count", str(doc)]) == 0
+    assert run(["info", "--json"]) == 0  # info loads the weights (count reads only a tokenizer)
     _damage(converted(tmp_path) / "model.safetensors", "overwritten")
     capsys.readouterr()
-    assert run(["count", str(doc), "--json"]) == 0
+    assert run(["info", "--json"]) == 0
     captured = capsys.readouterr()
     lines = error_lines(captured.err)
     assert len(lines) == 1 and lines[0].startswith("warning: the converted model") and "checksum" in lines[0]
-    assert json.loads(captured.out)["tokens"] == len(TEXT.encode())
+    assert json.loads(captured.out)["parameters"] > 0
+    assert integrity.verify_manifest(converted(tmp_path)) is None  # rebuilt whole
 
 
 def test_a_conversion_made_before_checksums_is_adopted(stand_in: list, tmp_path: Path) -> None:
@@ -822,7 +822,25 @@ def test_two_real_first_runs_at_once_both_succeed(tmp_path: Path) -> None:
         out, err = process.communicate(timeout=900)
         assert process.returncode == 0, err.decode()
         assert json.loads(out)["tokens_out"] >= 1
+    # One copy kept: the GGUF merged with the shipped adapter (the plain weights only for --untuned).
     models = sorted(p.name for p in (tmp_path / "home" / "models").iterdir())
-    assert len(models) == 2 and models[0] == DEFAULT_MODEL_NAME  # the conversion and the tuned merge
-    for name in models:
-        assert integrity.verify_manifest(tmp_path / "home" / "models" / name) is None
+    assert len(models) == 1 and models[0].startswith(f"{DEFAULT_MODEL_NAME}-freqkv-"), models
+    assert integrity.verify_manifest(tmp_path / "home" / "models" / models[0]) is None
+
+
+@pytest.mark.slow
+def test_counting_tokens_with_the_default_model_converts_nothing(
+    doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # The reference: the tokenizer of the converted default (the other slow tests' own, in the
+    # run's FREQKV_HOME). Then an empty home, where the tokenizer comes from the GGUF itself.
+    adapter = loading.shipped_adapter_path()
+    assert adapter is not None
+    loading.ensure_default_tuned(adapter)
+    assert run(["count", str(doc), "--json"]) == 0
+    converted_count = json.loads(capsys.readouterr().out)["tokens"]
+    monkeypatch.setenv("FREQKV_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(loading, "_load_gguf", lambda *a: pytest.fail("the conversion started"))
+    assert run(["count", str(doc), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == converted_count
+    assert not (tmp_path / "home" / "models").exists()

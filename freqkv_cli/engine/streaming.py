@@ -21,6 +21,7 @@ from ..cache.window_cache import CacheStats, WindowedCache
 from ..errors import Interrupted
 from .attention_kernels import attention_kernels, attention_named
 from .chunk_attention import NAME as CHUNK_ATTENTION
+from .chunk_size import DEFAULT_MAX_CHUNK
 from .passages import QUOTE_LEFT, QUOTE_RIGHT, ExactPassages
 from .pieces import as_pieces
 from .query_capture import QueryCapture
@@ -56,7 +57,7 @@ class StreamingEngine:
         model: PreTrainedModel,
         policy: CachePolicy,
         tokenizer: object | None = None,
-        max_chunk: int = 2048,
+        max_chunk: int = DEFAULT_MAX_CHUNK,
         lowpass_method: str = "auto",
         head_weights: torch.Tensor | None = None,  # (layers, q_heads)
         decode_graphs: bool | None = None,

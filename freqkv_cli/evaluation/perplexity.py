@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..cache.policy import CachePolicy
+from ..engine.chunk_size import DEFAULT_MAX_CHUNK
 from ..engine.streaming import ProgressCallback, StreamingEngine
 
 # Logits are computed this many positions at a time: 256 x a 49k vocabulary is 50 MB of
@@ -108,7 +109,7 @@ def stream_nll(
     policy: CachePolicy,
     ids: Sequence[int],
     *,
-    max_chunk: int = 2048,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
     block: int = SCORE_BLOCK,
     on_progress: ProgressCallback | None = None,
 ) -> torch.Tensor:
@@ -139,7 +140,7 @@ def run_perplexity(
     file: str = "",
     native_window: int = 0,
     buckets: int = 8,
-    max_chunk: int = 2048,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
     block: int = SCORE_BLOCK,
     on_progress: ProgressCallback | None = None,
 ) -> PerplexityRun:

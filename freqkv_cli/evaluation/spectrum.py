@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 from ..cache.dct import dct_ortho, idct_ortho, lowpass
 from ..cache.policy import CachePolicy
 from ..cache.rotary import KeyRotation
+from ..engine.chunk_size import DEFAULT_MAX_CHUNK
 from ..engine.streaming import ProgressCallback, StreamingEngine
 
 FRACTIONS = (0.10, 0.25, 0.50)  # the low bands reported
@@ -90,7 +91,7 @@ def layer_states(
     ids: Sequence[int],
     *,
     skip: int = 0,
-    max_chunk: int = 2048,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
     on_progress: ProgressCallback | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Read ``ids`` with a full cache; yield each layer's (keys before RoPE, values), float32.
@@ -113,7 +114,7 @@ def model_spectrum(
     *,
     ratio: float = 0.5,
     skip: int = 4,
-    max_chunk: int = 2048,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
     on_progress: ProgressCallback | None = None,
 ) -> list[LayerSpectrum]:
     """Per layer band energies of the context ``ids``, over positions ``skip ..``.

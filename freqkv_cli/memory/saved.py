@@ -18,6 +18,7 @@ import torch
 
 from ..cache.policy import CachePolicy
 from ..cache.state import State
+from ..engine.chunk_size import DEFAULT_MAX_CHUNK
 from ..models.loading import LoadedModel
 from ..models.settings import weights_fingerprint
 from ..session.session import Session
@@ -75,7 +76,11 @@ class LoadedMemory:
 
 
 def load_session(
-    loaded: LoadedModel, path: str | os.PathLike[str], *, ctx: int | None = None, max_chunk: int = 2048
+    loaded: LoadedModel,
+    path: str | os.PathLike[str],
+    *,
+    ctx: int | None = None,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
 ) -> LoadedMemory:
     """A session that goes on exactly where the one saved at ``path`` stopped. Refuses, in one
     line, a file that is not a memory, is damaged, newer, or made by another model or tokenizer.

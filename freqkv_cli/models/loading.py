@@ -252,21 +252,39 @@ def ensure_default_converted() -> Path:
 
 
 def ensure_default_tuned(adapter: Path) -> Path:
-    """Merge the shipped adapter into the converted default once; cached per adapter content."""
+    """Merge the shipped adapter into the embedded weights once; cached per adapter content.
+
+    The plain weights come from their converted folder where an untuned run made one, else
+    straight from the GGUF: a first run keeps one copy of the model (0.5 GB), not two."""
     from .adapter import merge_adapter
 
     folder = default_folder(adapter)
     if _usable(folder):
         return folder
-    base = ensure_default_converted()
     with _converting(folder):
         if _usable(folder, report=False):
             return folder
-        cpu32 = {"dtype": torch.float32, "trust_remote_code": False}
-        loaded = _load_folder(base, DEFAULT_MODEL_NAME, torch.device("cpu"), cpu32)
+        cpu, cpu32 = torch.device("cpu"), {"dtype": torch.float32, "trust_remote_code": False}
+        base = default_folder()
+        if _usable(base, report=False):
+            loaded = _load_folder(base, DEFAULT_MODEL_NAME, cpu, cpu32)
+        else:
+            loaded = _load_gguf(default_gguf_path(), cpu, cpu32)
         model = merge_adapter(loaded.model, adapter, read_settings(adapter))
         _save_atomically(model, loaded.tokenizer, folder, extra_files=(adapter / SETTINGS_FILE,))
     return folder
+
+
+def default_tokenizer_source() -> tuple[Path, str | None]:
+    """Where the embedded model's tokenizer is read from without converting anything: a converted
+    folder (tuned or plain) if there is one, else the GGUF itself; (folder, gguf file name or None)."""
+    adapter = shipped_adapter_path()
+    for folder in (default_folder(adapter) if adapter else None, default_folder()):
+        if folder is not None and _usable(folder, report=False):
+            return folder, None
+    gguf = default_gguf_path()
+    check_gguf(gguf)
+    return gguf.parent, gguf.name
 
 
 def check_home_writable(folder: Path | None = None) -> None:

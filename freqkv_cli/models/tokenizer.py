@@ -14,10 +14,11 @@ def load_tokenizer(
 ) -> object:
     from transformers import AutoTokenizer  # `freqkv count --help` does without it
 
-    from .loading import ensure_default_converted
+    from .loading import default_tokenizer_source
 
-    if spec == "default":
-        return AutoTokenizer.from_pretrained(ensure_default_converted())
+    if spec == "default":  # counting needs no weights: no conversion for it
+        folder, gguf_file = default_tokenizer_source()
+        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     path = Path(spec).expanduser()
     try:
         if path.is_file() and path.suffix.lower() == ".gguf":

@@ -17,6 +17,7 @@ from ..cache.state import State
 from ..cache.window_cache import CacheStats
 from ..documents import Document
 from ..documents.text import TextSource
+from ..engine.chunk_size import DEFAULT_MAX_CHUNK
 from ..engine.passages import QUOTE_LEFT, QUOTE_RIGHT
 from ..engine.sampling import Sampler
 from ..engine.streaming import GenerationResult, StreamingEngine
@@ -36,7 +37,7 @@ class Session:
         *,
         ctx: int | None = None,
         system: str | None = None,
-        max_chunk: int = 2048,
+        max_chunk: int = DEFAULT_MAX_CHUNK,
     ) -> None:
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from ...cache.policy import POLICIES, CacheSettings
+from ...engine.chunk_size import DEFAULT_MAX_CHUNK
 from ...errors import UsageError
 from ...memory.recall_methods import DEFAULT_RECALL, RECALL_METHODS
 from ...sizes import parse_size
@@ -127,7 +128,7 @@ class CacheChoice:
     reread: RereadOpt = 0
     select: SelectOpt = None
     recall: RecallOpt = DEFAULT_RECALL
-    max_chunk: MaxChunkOpt = 2048
+    max_chunk: MaxChunkOpt = DEFAULT_MAX_CHUNK
     settings: CacheSettings = field(init=False)
     ctx_tokens: int | None = field(init=False)
 
