@@ -782,6 +782,14 @@ def test_parameter_names_become_flags(message: str, shown: str) -> None:
     assert as_flags(message) == shown
 
 
+def test_a_run_leaves_the_flags_of_every_command_to_later_messages(capsys: pytest.CaptureFixture) -> None:
+    # A run knows only the flags of the command it built (here none but --version's tree);
+    # after it, a message is written with every command's flags again.
+    assert run(["--version"]) == 0
+    capsys.readouterr()
+    assert as_flags("`micro_batch` 2") == "--micro-batch 2"
+
+
 def test_library_messages_name_parameters(tiny: str) -> None:
     with pytest.raises(UsageError, match="`seq_len` 40 must exceed `window`"):
         FinetuneConfig(CachePolicy("freqkv", 48, 4, 8, 0.5), seq_len=40).validate()

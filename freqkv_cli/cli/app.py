@@ -167,6 +167,7 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C while the first one was being reported
         code = _fail("interrupted", EXIT_INTERRUPTED)
     finally:
+        messages.end_run()
         logging.getLogger().removeHandler(unhandled)
         log.removeHandler(handler)
         sys.stderr = stderr

@@ -3,6 +3,7 @@ a CLI user knows them as flags (--seq-len)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -15,13 +16,18 @@ _FLAG_ALIASES = {
     "max_new_tokens": "--max-new-tokens",
 }
 _PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
-_known: frozenset[str] | None = None  # the long options of the tree this run built
+_run_flags: frozenset[str] | None = None  # the long options of the tree the current run built
 
 
 def use_flags_of(root: Any) -> None:
-    """Write parameter names as the flags of ``root`` (the click tree of this run) from now on."""
-    global _known
-    _known = long_options(root)
+    """Until :func:`end_run`, write parameter names as the flags of ``root`` (this run's tree)."""
+    global _run_flags
+    _run_flags = long_options(root)
+
+
+def end_run() -> None:
+    global _run_flags
+    _run_flags = None
 
 
 def long_options(root: Any) -> frozenset[str]:
@@ -50,11 +56,13 @@ def as_flags(message: str) -> str:
 
 
 def _flags() -> frozenset[str]:
-    global _known
-    if _known is None:
-        import typer
+    return _run_flags if _run_flags is not None else _every_flag()
 
-        from .tree import full_app
 
-        _known = long_options(typer.main.get_command(full_app()))
-    return _known
+@functools.cache
+def _every_flag() -> frozenset[str]:
+    import typer
+
+    from .tree import full_app
+
+    return long_options(typer.main.get_command(full_app()))
