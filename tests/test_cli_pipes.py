@@ -292,6 +292,25 @@ def test_help_has_plain_metavars_defaults_and_one_example_layout(
         assert len(block) >= 2 and len(indents) == 1, block
 
 
+@pytest.mark.parametrize(
+    "torch_first", [False, True], ids=["torch-started-by-the-run", "torch-already-imported"]
+)
+def test_freqkv_threads_sets_torchs_threads(tiny: str, torch_first: bool) -> None:
+    # The CPU has more than one core here (torch's default is one thread a core).
+    run_then_ask = (
+        f"import sys{', torch' if torch_first else ''}; from freqkv_cli.cli.app import run; "
+        "code = run(sys.argv[1:]); import torch; print(code, torch.get_num_threads())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", run_then_ask, "info", "-m", tiny, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FREQKV_THREADS": "1"},
+    )
+    assert done.stdout.splitlines()[-1] == "0 1", (done.stdout[-300:], done.stderr)
+
+
 @pytest.mark.parametrize("path", ["", "eval", "logs"], ids=lambda path: path or "freqkv")
 def test_a_tree_built_for_one_run_lists_what_the_full_tree_lists(
     path: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
@@ -322,8 +341,10 @@ LIGHT_RUNS = [
 def test_help_version_typos_models_and_logs_load_no_model_libraries(
     argv: list[str], code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # torch and transformers take seconds to import; none of these needs them.
+    # torch and transformers take seconds to import; none of these needs them (FREQKV_THREADS
+    # neither: torch reads it as OMP_NUM_THREADS if the run starts torch).
     monkeypatch.setenv("FREQKV_HOME", str(tmp_path))
+    monkeypatch.setenv("FREQKV_THREADS", "1")
     probe = (
         "import sys; from freqkv_cli.cli.app import run; code = run(sys.argv[1:]); "
         "print(code, sorted({'torch', 'transformers'} & set(sys.modules)))"

@@ -1,6 +1,7 @@
-"""Weights that cannot be written (a full disk, a file-size quota) fail in one clear line and leave
-no half-written folder. The failure is real: the writer runs under RLIMIT_FSIZE in a child process,
-so safetensors' own writer hits the limit, as it hits ENOSPC on a full disk."""
+"""Weights and checkpoints that cannot be written (a full disk, a file-size quota) fail in one
+clear line and leave no half-written folder. The failure is real: the writers run under
+RLIMIT_FSIZE in a child process, so safetensors' and torch's own writers hit the limit, as they
+hit ENOSPC on a full disk."""
 
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ try:
 except ModelError as exc:
     result["converted"] = str(exc)
 result["quantized_kept"] = quantize.save_prequantized(model, tokenizer, home / "quantized" / "copy")
+import torch
+from freqkv_cli.errors import OutputError
+from freqkv_cli.training import checkpoints
+def write(staging):
+    checkpoints.save_optimizer({"state": {0: {"exp_avg": torch.zeros(100_000)}}}, staging / "optimizer.pt")
+try:
+    checkpoints.save(home / "run", write, {"step": 3})
+    result["checkpoint"] = "written"
+except OutputError as exc:
+    result["checkpoint"] = str(exc)
 print(json.dumps(result))
 """
 
@@ -49,6 +60,11 @@ def test_weights_that_cannot_be_written_fail_in_one_line_and_leave_nothing(tmp_p
     assert "\n" not in message
     assert result["quantized_kept"] is False
     assert "could not keep the quantized copy" in done.stderr
+    # A training checkpoint: torch's own writer fails with a RuntimeError, reported as the rest.
+    checkpoint = result["checkpoint"]
+    assert checkpoint.startswith(f"cannot write the checkpoint of step 3 in '{home / 'run'}'"), checkpoint
+    assert "torch could not write optimizer.pt" in checkpoint and "\n" not in checkpoint
     # Neither the folders nor their staging copies are left behind.
     assert sorted(p.name for p in (home / "models").iterdir()) == []
     assert sorted(p.name for p in (home / "quantized").iterdir()) == []
+    assert sorted(p.name for p in (home / "run").iterdir()) == []

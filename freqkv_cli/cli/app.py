@@ -131,17 +131,18 @@ def _quiet_libraries(debug: bool) -> None:
     """Library chatter (progress bars, advice) would mix with our stderr readouts."""
     threads = os.environ.get("FREQKV_THREADS")
     if threads and threads.isdigit() and int(threads) > 0:  # e.g. 1 on a busy machine
-        import torch
-
-        torch.set_num_threads(int(threads))
+        if "torch" in sys.modules:  # a library caller, a test
+            sys.modules["torch"].set_num_threads(int(threads))
+        else:  # read when torch starts, if this run needs it (--help does not)
+            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
     if debug:
         return
     warnings.simplefilter("ignore")  # deprecation notes from transformers and torch are for developers
     # Read when transformers is first imported; importing it here would cost `--help` a second.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if "transformers" in sys.modules:  # imported before this run (a library caller, a test)
         from transformers.utils import logging as hf_logging
 

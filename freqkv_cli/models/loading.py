@@ -278,13 +278,22 @@ def ensure_default_tuned(adapter: Path) -> Path:
 def default_tokenizer_source() -> tuple[Path, str | None]:
     """Where the embedded model's tokenizer is read from without converting anything: a converted
     folder (tuned or plain) if there is one, else the GGUF itself; (folder, gguf file name or None)."""
-    adapter = shipped_adapter_path()
-    for folder in (default_folder(adapter) if adapter else None, default_folder()):
-        if folder is not None and _usable(folder, report=False):
-            return folder, None
+    for folder in _converted_defaults():
+        with contextlib.suppress(ModelError):  # damaged in a read-only home: the next one will do
+            if _usable(folder, report=False):
+                return folder, None
     gguf = default_gguf_path()
     check_gguf(gguf)
     return gguf.parent, gguf.name
+
+
+def _converted_defaults() -> list[Path]:
+    """The folders a conversion of the default may be in: merged with the shipped adapter, plain."""
+    try:
+        adapter = shipped_adapter_path()
+    except ModelError:  # a FREQKV_ADAPTER that is no adapter: the plain folder still has a tokenizer
+        adapter = None
+    return [default_folder(adapter), default_folder()] if adapter is not None else [default_folder()]
 
 
 def check_home_writable(folder: Path | None = None) -> None:

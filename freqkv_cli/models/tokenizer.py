@@ -16,11 +16,11 @@ def load_tokenizer(
 
     from .loading import default_tokenizer_source
 
-    if spec == "default":  # counting needs no weights: no conversion for it
-        folder, gguf_file = default_tokenizer_source()
-        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     path = Path(spec).expanduser()
     try:
+        if spec == "default":  # counting needs no weights: no conversion for it
+            folder, gguf_file = default_tokenizer_source()
+            return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
         if path.is_file() and path.suffix.lower() == ".gguf":
             check_gguf(path)  # a damaged file: one line (the reader would fail with struct.error)
             return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

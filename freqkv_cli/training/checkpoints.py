@@ -4,6 +4,7 @@ new one takes its place). At every moment one complete checkpoint exists."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,6 +19,18 @@ STAGING_SUFFIX = ".tmp"  # checkpoint.tmp: the next checkpoint, being written
 OLD_SUFFIX = ".old"  # checkpoint.old: the previous one, for the moment the new one takes its place
 STATE_FILE = "state.json"  # written last: a checkpoint folder that has it is complete
 log = logging.getLogger("freqkv_cli")
+
+
+def save_optimizer(state: dict, path: Path) -> None:
+    """``torch.save`` of an optimizer's state (tensors only: resume loads it weights_only). torch's
+    writer reports a full disk as a RuntimeError ("enforce fail ... unexpected pos"): an OSError
+    here, so that :func:`save` keeps the previous checkpoint and says so in one line."""
+    import torch
+
+    try:
+        torch.save(state, path)
+    except RuntimeError:
+        raise OSError(errno.EIO, f"torch could not write {path.name}: is the disk full?") from None
 
 
 def save(out: Path, write: Callable[[Path], None], state: dict) -> Path:

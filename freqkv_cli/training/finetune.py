@@ -252,7 +252,7 @@ class Finetuner:
             lora = {k: v.detach().cpu().contiguous() for k, v in lora.items()}
             save_file(lora, str(staging / "adapter_model.safetensors"))
             save_file(self._extra_trainables(), str(staging / TRAINABLE_FILE))
-            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+            checkpoints.save_optimizer(self.optimizer.state_dict(), staging / "optimizer.pt")
 
         state = {"step": self.step, "tokens": self.tokens, "losses": self.losses}
         return checkpoints.save(self.out, write, {**state, "config": self.config.identity()})
