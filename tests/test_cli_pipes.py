@@ -148,25 +148,6 @@ def test_a_cut_answer_is_said_on_stderr_and_in_json(tiny: str, two_docs: tuple[P
     ]
 
 
-@pytest.mark.slow
-def test_a_first_run_with_an_empty_home_writes_only_our_lines_to_stderr(
-    tmp_path: Path, two_docs: tuple[Path, Path]
-) -> None:
-    """The embedded model converted from its GGUF and the adapter merged (about a minute): no
-    tqdm bar, no FutureWarning, no library log line; our stats line and warnings only."""
-    a, _ = two_docs
-    home = tmp_path / "home"
-    result = cli(
-        "qa", str(a), "Who keeps the lighthouse?", "-n", "12", env={"FREQKV_HOME": str(home)}, timeout=900
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    assert any(home.iterdir()), "the conversion wrote nothing under FREQKV_HOME"
-    lines = stderr_lines(result)
-    ours = [line for line in lines if line.startswith("warning: ") or line.endswith(" s in all")]
-    assert lines == ours and sum(line.endswith(" s in all") for line in lines) == 1, lines
-    assert result.stdout.strip(), "no answer"
-
-
 # -- several documents, the question from stdin ----------------------------------------------------
 def test_qa_reads_several_documents_in_order_as_one(tiny: str, two_docs: tuple[Path, Path]) -> None:
     a, b = two_docs

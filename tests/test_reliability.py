@@ -813,23 +813,32 @@ def test_output_errors_have_a_usage_code() -> None:
 
 # -- the real embedded model (minutes on a CPU) ----------------------------------------------------
 @pytest.mark.slow
-def test_two_real_first_runs_at_once_both_succeed(tmp_path: Path) -> None:
+def test_two_real_first_runs_at_once_succeed_and_write_only_our_lines_to_stderr(tmp_path: Path) -> None:
+    """The embedded model converted from its GGUF and the adapter merged (under a minute), by one
+    of two processes started at once on an empty home: both answer; neither shows a tqdm bar, a
+    FutureWarning or a library log line, only our stats line and warnings."""
     memo = tmp_path / "memo.txt"
     memo.write_text(TEXT[:1500])
-    env = {**os.environ, "FREQKV_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "NO_COLOR": "1", "FREQKV_HOME": str(tmp_path / "home")}
+    commands = (["summarize", str(memo), "-n", "4", "--json"], ["qa", str(memo), "Who keeps it?", "-n", "12"])
     started = [
         subprocess.Popen(
-            [sys.executable, "-m", "freqkv_cli", "summarize", str(memo), "-n", "4", "--json"],
+            [sys.executable, "-m", "freqkv_cli", *command],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
         )
-        for _ in range(2)
+        for command in commands
     ]
-    for process in started:
-        out, err = process.communicate(timeout=900)
+    (json_out, json_err), (text_out, text_err) = [process.communicate(timeout=900) for process in started]
+    for process, err in zip(started, (json_err, text_err), strict=True):
         assert process.returncode == 0, err.decode()
-        assert json.loads(out)["tokens_out"] >= 1
+    assert json.loads(json_out)["tokens_out"] >= 1
+    assert text_out.strip(), "no answer"
+    for err in (json_err, text_err):
+        lines = error_lines(err)
+        assert lines == [line for line in lines if line.startswith("warning: ") or line.endswith(" s in all")]
+    assert sum(line.endswith(" s in all") for line in error_lines(text_err)) == 1
     # One copy kept: the GGUF merged with the shipped adapter (the plain weights only for --untuned).
     models = sorted(p.name for p in (tmp_path / "home" / "models").iterdir())
     assert len(models) == 1 and models[0].startswith(f"{DEFAULT_MODEL_NAME}-freqkv-"), models
